@@ -1,0 +1,5 @@
+"""The tunelab command line: parsing and printing only; the work lives in the library."""
+
+from .app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,22 @@
+"""Root typer app: each command group lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from . import config_cmd, data_cmd, models_cmd
+from .quickstart_cmd import quickstart
+
+app = typer.Typer(
+    help="tunelab: fine-tune open LLMs, compare them against RAG, and serve them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(models_cmd.app, name="models")
+app.add_typer(data_cmd.app, name="data")
+app.command("quickstart")(quickstart)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,380 @@
+"""The experiment config: one YAML file per experiment, one pydantic schema, validated in one place.
+
+Every section has documented defaults, so a minimal file (`name` and `model`) is a whole experiment.
+Unknown keys are errors with a did-you-mean suggestion; every error names its dotted path in the file
+and its line, and says what was expected and what was found (`train.lr (line 12): must be > 0, got -1`).
+The resolved config (defaults filled in, paths made absolute) is saved next to every output so every
+result can be re-run.
+
+Later stages own their sections' meaning; this module only fixes their shape and bounds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, TunelabError
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    name: str = Field("smollm2-135m-instruct", description="Bundled name, Hugging Face id, local dir or .gguf file.")
+    chat_template: str | None = Field(
+        None, description="Override the chat template: a path to a Jinja file. Default: the model's own, or "
+        "tunelab's declared default for base models without one."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto picks bf16 only where it pays (avx512_bf16/AMX CPU, or GPU)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+# ---------------------------------------------------------------------------------------------- data
+class CleanConfig(Section):
+    normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form.")
+    strip_html: bool = False
+    min_chars: int = Field(1, ge=0, description="Drop records whose texts total fewer characters.")
+    max_chars: int | None = Field(None, gt=0, description="Drop records whose texts total more characters.")
+
+
+class SplitConfig(Section):
+    train: float = Field(0.9, ge=0, le=1)
+    validation: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.0, ge=0, le=1)
+    stratify: bool | None = Field(None, description="Keep label proportions; default: on for labelled data.")
+    group_by: str | None = Field(None, description="A record field (e.g. source) whose groups stay in one split.")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must sum to 1, got {total:g}")
+        return self
+
+    def ratios(self) -> dict[str, float]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
+class DataConfig(Section):
+    train: list[Path] = Field(default_factory=list, description="Training inputs (JSONL, JSON, CSV, Parquet, HF dir).")
+    eval: Path | None = Field(None, description="A held-out evaluation file, checked for leaks against train.")
+    format: Literal[
+        "auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text", "label", "preference"
+    ] = "auto"
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    seed: int = 42
+    dedup: Literal["none", "exact", "near"] = Field("near", description="near = exact + MinHash near-duplicates.")
+    near_threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard at which two records are near-duplicates.")
+    pii: Literal["off", "mask"] = Field("mask", description="mask = replace PII with typed placeholders.")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    max_length: int = Field(1024, gt=0, description="Tokens per rendered example (longer ones are truncated).")
+    skip_invalid: bool = Field(False, description="Skip bad records (counted by reason) instead of stopping.")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Path) else value
+
+
+# -------------------------------------------------------------------------------------------- method
+class MethodConfig(Section):
+    name: Literal["full", "lora", "dora", "qlora", "ia3", "prompt", "prefix"] = "lora"
+    r: int = Field(16, gt=0, description="LoRA/DoRA/QLoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt; all-linear resolves per architecture."
+    )
+    num_virtual_tokens: int = Field(20, gt=0, description="Prompt and prefix tuning length.")
+    embedding_lr: float | None = Field(None, gt=0, description="Separate learning rate for embeddings (full).")
+
+
+# --------------------------------------------------------------------------------------------- train
+class TrainConfig(Section):
+    objective: Literal["sft", "causal"] = Field("sft", description="sft: loss on completions; causal: all tokens.")
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    packing: bool = Field(True, description="Pack examples into full sequences, no attention across examples.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = Field(False, description="torch.compile the model (slow first step, faster after).")
+    eval_every: int | None = Field(None, gt=0, description="Validation loss every N steps (default: each epoch).")
+    save_every: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: each epoch).")
+    keep_last: int = Field(2, gt=0, description="Checkpoints kept.")
+    early_stopping_patience: int | None = Field(None, gt=0)
+    seed: int = 42
+
+
+# ------------------------------------------------------------------------------------------------ eval
+class EvalConfig(Section):
+    data: Path | None = Field(None, description="Eval set; default: data.eval.")
+    metrics: list[str] = Field(default_factory=lambda: ["rougeL", "bleu", "token_f1"])
+    benchmarks: list[str] = Field(default_factory=list, description="lm-eval names, e.g. truthfulqa_mc1.")
+    limit: int | None = Field(None, gt=0)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)
+
+
+# ------------------------------------------------------------------------------------------------- rag
+class RagConfig(Section):
+    docs: Path | None = Field(None, description="Directory of documents to retrieve from.")
+    top_k: int = Field(3, gt=0)
+    chunk_tokens: int = Field(256, gt=0)
+    chunk_overlap: int = Field(32, ge=0)
+    embedding_model: str = "all-minilm-l6-v2"
+
+
+# -------------------------------------------------------------------------------------------- tracking
+class TrackingConfig(Section):
+    enabled: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI; default: a SQLite store in the workdir.")
+    experiment: str | None = Field(None, description="Default: the experiment name.")
+
+
+# -------------------------------------------------------------------------------------------- serving
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+
+
+class ExperimentConfig(Section):
+    name: str = Field(..., min_length=1, description="Experiment name; used for the run directory and tracking.")
+    workdir: Path = Field(Path("runs"), description="Where outputs go: <workdir>/<name>/...")
+    seed: int = 42
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    rag: RagConfig = Field(default_factory=RagConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        bad = set(value) & set('/\\:*?"<>|')
+        if bad or value.startswith("."):
+            raise ValueError(f"must be usable as a directory name (no {''.join(sorted(bad)) or 'leading dot'})")
+        return value
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workdir / self.name
+
+    def resolved(self) -> dict[str, Any]:
+        """The whole config with defaults filled in, as plain JSON-able data."""
+        return json.loads(self.model_dump_json())
+
+    def fingerprint(self, *sections: str) -> str:
+        """A stable hash of the given sections (all when none), for caching and resume checks."""
+        data = self.resolved()
+        if sections:
+            data = {s: data[s] for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved(), sort_keys=False, allow_unicode=True)
+
+
+# ------------------------------------------------------------------------------------- loading/errors
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = (*path, key_node.value)
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*path, i)] = item.start_mark.line + 1
+                walk(item, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _fields_at(path: tuple) -> list[str]:
+    """Field names valid at a dotted path of the schema (for did-you-mean)."""
+    model: type[BaseModel] | None = ExperimentConfig
+    for part in path:
+        if model is None or isinstance(part, int):
+            return []
+        info = model.model_fields.get(part)
+        if info is None:
+            return []
+        ann = info.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model else []
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# Names users bring from other tools (PEFT, HF TrainingArguments, Axolotl) mapped to ours.
+ALIASES = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "learning_rate": "lr",
+    "num_epochs": "epochs", "num_train_epochs": "epochs", "micro_batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+    "lr_scheduler_type": "scheduler", "sequence_len": "max_length", "max_seq_length": "max_length",
+}
+
+
+def _line_of(loc: tuple, lines: dict[tuple, int]) -> int:
+    for i in range(len(loc), 0, -1):
+        if loc[:i] in lines:
+            return lines[loc[:i]]
+    return 0
+
+
+def _format_error(err: dict, lines: dict[tuple, int]) -> str:
+    loc = tuple(p for p in err["loc"] if p not in ("function-after",) and not str(p).startswith("function-"))
+    where = _dotted(loc) or "(top level)"
+    line = _line_of(loc, lines)
+    if line:
+        where += f" (line {line})"
+    etype = err["type"]
+    given = err.get("input")
+    if etype == "extra_forbidden":
+        options = _fields_at(loc[:-1])
+        close = [ALIASES[loc[-1]]] if ALIASES.get(loc[-1]) in options else []
+        close = close or difflib.get_close_matches(str(loc[-1]), options, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(options)}" if options else "")
+        return f"{where}: unknown key{hint}"
+    if etype == "missing":
+        return f"{where}: required, but missing"
+    ctx = err.get("ctx") or {}
+    bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
+    if etype in bounds:
+        nums = {k: f"{v:g}" if isinstance(v, int | float) else v for k, v in ctx.items()}
+        return f"{where}: must be {bounds[etype].format(**nums)}, got {given!r}"
+    if etype == "literal_error":
+        return f"{where}: must be one of {ctx.get('expected')}, got {given!r}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if given is not None and not isinstance(given, dict | list):
+        return f"{where}: {msg}, got {given!r}"
+    return f"{where}: {msg}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (["train", "lr"], 0.0001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise TunelabError(f"override '{text}' must look like section.key=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise TunelabError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise TunelabError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise TunelabError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
+    """Make every path field absolute, relative to the config file's directory."""
+
+    def fix(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    config.workdir = fix(config.workdir)
+    config.data.train = [fix(p) for p in config.data.train]
+    config.data.eval = fix(config.data.eval)
+    config.eval.data = fix(config.eval.data)
+    config.rag.docs = fix(config.rag.docs)
+    if config.model.chat_template:
+        config.model.chat_template = str(fix(Path(config.model.chat_template)))
+    # A model given as a relative local path (./my-model, ../ckpt.gguf) is resolved too; names and hub ids stay.
+    name = config.model.name
+    if name.startswith((".", "~")) or name.endswith(".gguf"):
+        config.model.name = str(fix(Path(name)))
+    return config
+
+
+def validate_data(data: Any, source: str = "<config>", text: str = "", base: Path | None = None) -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"(top level): must be a mapping of sections, got {type(data).__name__}"])
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_index(text)
+        errors = sorted(exc.errors(), key=lambda e: _line_of(tuple(e["loc"]), lines))
+        raise ConfigError(source, [_format_error(e, lines) for e in errors]) from None
+    return _resolve_paths(config, base or Path.cwd())
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment file; raises ConfigError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(str(path), [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        data = {}
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(str(path), ["(top level): must be a mapping of sections"])
+        data = apply_overrides(data, overrides)
+    return validate_data(data, str(path), text, base=path.parent.resolve())
+
+
+def save_resolved(config: ExperimentConfig, out_dir: str | Path) -> Path:
+    """Write the resolved config next to an output (config.resolved.yaml)."""
+    from .io import write_text
+
+    return write_text(Path(out_dir) / "config.resolved.yaml", config.to_yaml())

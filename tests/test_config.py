@@ -1,0 +1,98 @@
+"""The experiment schema: defaults, every error with its path and line, did-you-mean, overrides, paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunelab.config import ExperimentConfig, apply_overrides, load_config, save_resolved
+from tunelab.errors import ConfigError, TunelabError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_minimal_file_gets_documented_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "name: demo\n"))
+    assert cfg.model.name == "smollm2-135m-instruct"
+    assert cfg.method.name == "lora" and cfg.method.r == 16
+    assert cfg.train.objective == "sft" and cfg.train.lr == pytest.approx(2e-4)
+    assert cfg.data.split.ratios() == {"train": 0.9, "validation": 0.1, "test": 0.0}
+    assert cfg.workdir == (tmp_path / "runs").resolve()
+    # every field carries a default or is the required name
+    assert set(ExperimentConfig.model_fields) >= {"model", "data", "method", "train", "eval", "rag", "tracking", "serve"}
+
+
+def test_every_error_is_reported_with_path_and_line(tmp_path):
+    path = write(
+        tmp_path,
+        "name: demo\ntrain:\n  lr: -1\n  epocs: 3\ndata:\n  dedup: fuzzy\n  split: {train: 0.5, validation: 0.1}\n"
+        "method:\n  rank: 8\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    errors = info.value.errors
+    assert errors == [
+        "train.lr (line 3): must be > 0, got -1",
+        "train.epocs (line 4): unknown key; did you mean 'epochs'?",
+        "data.dedup (line 6): must be one of 'none', 'exact' or 'near', got 'fuzzy'",
+        "data.split (line 7): split ratios must sum to 1, got 0.6",
+        "method.rank (line 9): unknown key; did you mean 'r'?",
+    ]
+    assert str(path) in str(info.value)
+
+
+def test_unknown_section_suggests_the_closest(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "name: demo\ntrian:\n  lr: 1\n"))
+    assert info.value.errors == ["trian (line 2): unknown key; did you mean 'train'?"]
+
+
+def test_missing_name_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "model:\n  name: x\n"))
+    assert info.value.errors == ["name: required, but missing"]
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "name: [unclosed\n"))
+    assert "not valid YAML (line" in info.value.errors[0]
+    with pytest.raises(TunelabError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, "name: demo\n")
+    cfg = load_config(path, ["train.lr=1e-4", "method.name=dora", "data.train=[a.jsonl, b.jsonl]"])
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.method.name == "dora"
+    assert cfg.data.train == [(tmp_path / "a.jsonl").resolve(), (tmp_path / "b.jsonl").resolve()]
+    with pytest.raises(ConfigError, match=r"train.batch_size: must be > 0, got 0"):
+        load_config(path, ["train.batch_size=0"])
+    with pytest.raises(TunelabError, match="must look like"):
+        apply_overrides({}, ["train.lr"])
+
+
+def test_paths_resolve_relative_to_the_config_file(tmp_path):
+    sub = tmp_path / "exp"
+    sub.mkdir()
+    cfg = load_config(write(sub, "name: demo\nmodel: {name: ./ckpt}\ndata: {train: d.jsonl, eval: e.jsonl}\n"))
+    assert cfg.data.train == [(sub / "d.jsonl").resolve()]
+    assert cfg.data.eval == (sub / "e.jsonl").resolve()
+    assert cfg.model.name == str((sub / "ckpt").resolve())
+
+
+def test_resolved_config_round_trips_and_fingerprint_is_stable(tmp_path):
+    cfg = load_config(write(tmp_path, "name: demo\ntrain: {lr: 0.001}\n"))
+    out = save_resolved(cfg, tmp_path / "out")
+    again = load_config(out)
+    assert again.resolved() == cfg.resolved()
+    assert again.fingerprint() == cfg.fingerprint()
+    assert cfg.fingerprint("train") != load_config(out, ["train.lr=0.002"]).fingerprint("train")
+
+
+def test_name_must_be_a_directory_name(tmp_path):
+    with pytest.raises(ConfigError, match="must be usable as a directory name"):
+        load_config(write(tmp_path, "name: a/b\n"))
