@@ -126,7 +126,8 @@ def run(
         for name in list(pools):
             pools[name], counts = pii.scrub_records(pools[name])
             for kind, n in counts.items():
-                pii_counts[kind] = pii_counts.get(kind, 0) + n
+                if n:
+                    pii_counts[kind] = pii_counts.get(kind, 0) + n
     tick("pii")
 
     if config.dedup != "none":
