@@ -1,0 +1,126 @@
+"""Load a tokenizer and a model by any name `resolve` accepts, on the device and dtype asked for.
+
+GPU paths exist for users with GPUs; where the hardware is missing they fail with a message that says
+what was asked and what is there, never by silently running somewhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from ..errors import TunelabError
+from .hardware import bf16_pays, cuda_info
+from .registry import ModelRef, model_path, resolve
+from .templates import ensure_chat_template, stop_token_ids
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str = "cpu") -> str:
+    """"cpu", "cuda", "cuda:N", "mps" or "auto" (cuda when available, else cpu) -> a torch device string."""
+    import torch
+
+    device = (device or "cpu").strip().lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+            raise TunelabError(
+                f"device '{device}' was requested but no CUDA GPU is available (torch {torch.__version__}, "
+                f"{build}); use --device cpu, or install a CUDA build of torch on a machine with a GPU"
+            )
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise TunelabError(
+                f"device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+        return device
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise TunelabError("device 'mps' was requested but Apple MPS is not available here; use --device cpu")
+        return device
+    raise TunelabError(f"unknown device '{device}'; use cpu, cuda, cuda:N, mps or auto")
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
+    """Pick the weight dtype. "auto": float32 on CPU (training-safe; autocast is the trainer's choice),
+    bfloat16 on GPUs that support it, float16 on older GPUs. Impossible requests are errors."""
+    dtype = (dtype or "auto").strip().lower()
+    if dtype not in DTYPES:
+        raise TunelabError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    on_cuda = device.startswith("cuda")
+    if dtype == "auto":
+        if on_cuda:
+            return "bfloat16" if cuda_info()["bf16"] else "float16"
+        return "float32"
+    if dtype == "bfloat16":
+        if on_cuda and not cuda_info()["bf16"]:
+            raise TunelabError("bfloat16 was requested but this GPU has no bf16 support (needs compute "
+                               "capability 8.0+); use --dtype float16 or float32")
+        if not on_cuda:
+            pays, why = bf16_pays("cpu")
+            if not pays:
+                warnings.warn(f"bfloat16 on this CPU will be slow: {why}", stacklevel=2)
+    if dtype == "float16" and device == "cpu":
+        warnings.warn("float16 on CPU is slow and numerically fragile; prefer float32", stacklevel=2)
+    return dtype
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | ModelRef, ensure_template: bool = True):
+    """The model's tokenizer, with its chat template (the declared default where it has none)."""
+    from transformers import AutoTokenizer
+
+    path = model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise TunelabError(f"cannot load a tokenizer from {path}: {exc}") from exc
+    if ensure_template:
+        ensure_chat_template(tokenizer)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # batching needs a pad token; padded positions are masked, so reusing eos is harmless
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str | os.PathLike | ModelRef,
+    dtype: str = "auto",
+    device: str = "cpu",
+    **from_pretrained_kwargs: Any,
+):
+    """The causal LM in `dtype` on `device` (pulling and converting a GGUF first if needed)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ref = name_or_path if isinstance(name_or_path, ModelRef) else resolve(name_or_path)
+    target = resolve_device(device)
+    chosen = resolve_dtype(dtype, target)
+    path = model_path(ref)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, chosen), **from_pretrained_kwargs)
+    except (OSError, ValueError) as exc:
+        raise TunelabError(f"cannot load a causal language model from {path}: {exc}") from exc
+    if target != "cpu":
+        model.to(target)
+    return model
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | os.PathLike | ModelRef, dtype: str = "auto", device: str = "cpu"
+) -> tuple[Any, Any]:
+    """Both, with the model's generation config stopping on the template's end-of-turn token(s)."""
+    ref = name_or_path if isinstance(name_or_path, ModelRef) else resolve(name_or_path)
+    tokenizer = load_tokenizer(ref)
+    model = load_model(ref, dtype=dtype, device=device)
+    stops = stop_token_ids(tokenizer)
+    if stops:
+        model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

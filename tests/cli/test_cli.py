@@ -1,0 +1,59 @@
+"""The CLI in-process: help everywhere, --json prints one object, user errors exit non-zero cleanly."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+
+runner = CliRunner()
+
+
+def test_help_on_every_command():
+    for args in ([], ["config"], ["data"], ["models"], ["data", "prepare"], ["config", "validate"], ["quickstart"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage" in result.output
+
+
+def test_config_validate_and_show(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("name: demo\ntrain: {lr: 0.001}\n")
+    result = runner.invoke(app, ["config", "validate", str(cfg), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["valid"] is True
+    result = runner.invoke(app, ["config", "show", str(cfg), "--json", "--set", "train.epochs=1"])
+    data = json.loads(result.stdout)
+    assert data["train"]["epochs"] == 1 and data["train"]["lr"] == 0.001
+
+
+def test_config_errors_exit_non_zero_without_traceback(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("name: demo\ntrain:\n  lr: -1\n")
+    result = runner.invoke(app, ["config", "validate", str(cfg)])
+    assert result.exit_code == 2
+    assert "train.lr (line 3): must be > 0, got -1" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_data_prepare_json_and_bad_input(tmp_path):
+    good = tmp_path / "d.jsonl"
+    rows = [{"instruction": f"Say the number {i} in words", "input": "", "output": f"The number is {i}."} for i in range(20)]
+    good.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = runner.invoke(app, ["data", "prepare", str(good), "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["splits"]["train"] + data["splits"]["validation"] == 20
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x", "output": ""}\n')
+    result = runner.invoke(app, ["data", "prepare", str(bad), "--out", str(tmp_path / "out2")])
+    assert result.exit_code == 2
+    assert f"{bad}:1" in result.output and "output" in result.output
+    assert not (tmp_path / "out2").exists()
+
+    result = runner.invoke(app, ["data", "prepare", str(good), "--out", str(tmp_path / "o3"), "--split", "0.5,0.6"])
+    assert result.exit_code == 2 and "sum to 1" in result.output
