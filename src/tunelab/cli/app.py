@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from . import config_cmd, data_cmd, models_cmd
@@ -19,4 +21,9 @@ app.command("quickstart")(quickstart)
 
 
 def main() -> None:
+    # Library progress bars (weight loading, hub downloads) would interleave with tunelab's own; our
+    # commands show one progress display per step instead.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
