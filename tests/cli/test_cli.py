@@ -57,3 +57,34 @@ def test_data_prepare_json_and_bad_input(tmp_path):
 
     result = runner.invoke(app, ["data", "prepare", str(good), "--out", str(tmp_path / "o3"), "--split", "0.5,0.6"])
     assert result.exit_code == 2 and "sum to 1" in result.output
+
+
+def _tiny_experiment(tmp_path, tiny_model_dir) -> str:
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is code {i}?"}, {"role": "assistant", "content": f"Code {i} is {i * 7}."}]}
+        for i in range(16)
+    ]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        f"name: tiny\nworkdir: {tmp_path / 'runs'}\nmodel: {{name: {tiny_model_dir}}}\n"
+        f"data: {{train: {data}, max_length: 64}}\ntrain: {{epochs: 1, batch_size: 4, lr: 0.01}}\n"
+    )
+    return str(cfg)
+
+
+def test_train_dry_run_and_run_with_overrides(tmp_path, tiny_model_dir):
+    cfg = _tiny_experiment(tmp_path, tiny_model_dir)
+    result = runner.invoke(app, ["train", cfg, "method.r=4", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["trainable_params"] > 0
+    result = runner.invoke(app, ["train", cfg, "method.r=4", "train.max_steps=2", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["status"] == "completed"
+    assert (tmp_path / "runs" / "tiny" / "adapter_config.json").is_file()
+    # a second run into the same directory must not silently overwrite it
+    result = runner.invoke(app, ["train", cfg, "train.max_steps=2"])
+    assert result.exit_code == 2 and "--resume" in result.output

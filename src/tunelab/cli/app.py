@@ -7,7 +7,9 @@ import os
 import typer
 
 from . import config_cmd, data_cmd, models_cmd
+from .eval_cmd import evaluate
 from .quickstart_cmd import quickstart
+from .train_cmd import train
 
 app = typer.Typer(
     help="tunelab: fine-tune open LLMs, compare them against RAG, and serve them.",
@@ -17,6 +19,8 @@ app = typer.Typer(
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
+app.command("train")(train)
+app.command("eval")(evaluate)
 app.command("quickstart")(quickstart)
 
 

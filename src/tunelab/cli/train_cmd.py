@@ -1,0 +1,43 @@
+"""`tunelab train CONFIG [section.key=value ...]`: one training run from an experiment file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import JsonOption, emit, handle_errors
+
+
+@handle_errors
+def train(
+    config_file: Path = typer.Argument(..., help="Experiment YAML file."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-4 method.r=8."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint of this run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (params, tokens, steps, memory, time, suggestions)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Fine-tune the config's model with its method and objective; writes the run directory."""
+    from ..config import load_config
+    from ..train import run
+
+    config = load_config(config_file, overrides or [])
+    result = run(config, resume=resume, dry_run=dry_run, progress=not as_json)
+    if dry_run:
+        from ..train.plan import format_plan
+
+        emit({"run_dir": str(result.run_dir), "status": result.status, "plan": result.plan}, as_json,
+             lambda c: c.print(format_plan(result.plan), highlight=False))
+        return
+    data = {"run_dir": str(result.run_dir), "status": result.status, **result.summary}
+    emit(data, as_json, lambda c: _render(c, result))
+
+
+def _render(console, result) -> None:
+    s = result.summary
+    console.print(f"[bold]{result.status}[/]: {result.run_dir}")
+    for key in ("method", "objective", "steps", "tokens_trained", "final_train_loss", "final_val_loss",
+                "final_val_perplexity", "tokens_per_s", "wall_s", "peak_rss_mb", "trainable_params"):
+        if key in s:
+            value = s[key]
+            console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")

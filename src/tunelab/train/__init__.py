@@ -1,0 +1,13 @@
+"""Training: instruction (sft) and causal fine-tuning with full, LoRA, DoRA, QLoRA, IA3, prompt and prefix
+tuning; packing, token-normalised gradient accumulation, checkpoints with exact resume.
+
+`run(config)` trains one stage into `<workdir>/<name>/`; methods and objectives are registries picked
+by name (`METHODS`, `OBJECTIVES`); the loop itself (`loop.run_loop`) takes already-rendered examples.
+"""
+
+from .methods import METHODS, get_method
+from .objectives import OBJECTIVES, get_objective
+from .plan import format_plan
+from .run import TrainResult, run
+
+__all__ = ["METHODS", "OBJECTIVES", "TrainResult", "format_plan", "get_method", "get_objective", "run"]

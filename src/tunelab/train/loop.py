@@ -1,0 +1,269 @@
+"""The training loop: straight-line code over already-rendered examples.
+
+One optimizer step = the examples the epoch order assigns to it, split into micro-batches. Each
+micro-batch's summed token NLL is divided by the loss-token count of the *whole step* before backward,
+so the accumulated gradient is that of the token-mean loss over the step, however the step is split
+(8 x 1 or 2 x 4) and whether examples are packed or padded.
+
+Evaluation, checkpoints, early stopping and Ctrl-C are handled between steps, never inside one, so a
+checkpoint always holds a consistent state (weights, optimizer, scheduler, RNG and data position after
+a whole step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from .batching import Example, Layout, epoch_steps, eval_batches, micro_batches
+from .checkpoint import TrainState, rng_state, set_rng_state
+from .loss import LossHead
+
+Event = dict[str, Any]
+
+
+@dataclass
+class LoopSetup:
+    """Everything the loop needs, built by run.py (or by stages/mixtures later)."""
+
+    model: nn.Module
+    head: LossHead
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: dict[str, nn.Parameter]
+    train: list[Example]
+    val: list[Example]
+    layout: Layout
+    cfg: TrainConfig
+    total_steps: int
+    steps_per_epoch: int
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager]
+    emit: Callable[[Event], None]
+    save: Callable[[TrainState, dict[str, torch.Tensor] | None], Any]
+    flush_log: Callable[[list[dict[str, Any]]], None]
+    stop_requested: Callable[[], bool]
+    scaler: Any = None
+    best: dict[str, torch.Tensor] | None = None
+    updating: bool = False  # inside optimizer/scheduler updates: an interrupt here is not resumable
+
+    @property
+    def step_size(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum
+
+    @property
+    def bucket(self) -> bool:
+        return not self.layout.packing
+
+
+@dataclass
+class LoopOutcome:
+    state: TrainState
+    status: str  # completed | early_stopped | interrupted
+    last_eval: dict[str, float] | None
+
+
+@dataclass
+class StepResult:
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    loss_tokens: int
+
+
+def count_steps(n_examples: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps): max_steps wins over epochs; fractional epochs round up."""
+    per_epoch = max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum)))
+    total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * per_epoch))
+    return per_epoch, total
+
+
+def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
+    examples = setup.train
+    lengths = [len(e) for e in examples]
+    step_loss_tokens = sum(examples[i].n_loss_tokens for i in indices)
+    denominator = max(1, step_loss_tokens)
+    setup.model.train()
+    total_nll = 0.0
+    tokens = 0
+    for group in micro_batches(indices, setup.cfg.batch_size, lengths, bucket=setup.bucket):
+        batch = setup.layout.collate([examples[i] for i in group]).to(setup.device)
+        with setup.autocast():
+            nll = setup.head.nll_sum(batch)
+        loss = nll / denominator
+        (setup.scaler.scale(loss) if setup.scaler is not None else loss).backward()
+        total_nll += float(nll.detach())
+        tokens += batch.n_tokens
+    lr = float(setup.optimizer.param_groups[0]["lr"])
+    setup.updating = True
+    if setup.scaler is not None:
+        setup.scaler.unscale_(setup.optimizer)
+    params = [p for p in setup.params.values() if p.grad is not None]
+    max_norm = setup.cfg.max_grad_norm if setup.cfg.max_grad_norm is not None else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+    if setup.scaler is not None:
+        setup.scaler.step(setup.optimizer)
+        setup.scaler.update()
+    else:
+        setup.optimizer.step()
+    setup.scheduler.step()
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.updating = False
+    return StepResult(total_nll / denominator, lr, grad_norm, tokens, step_loss_tokens)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, head: LossHead, examples: list[Example], layout: Layout, device: torch.device,
+             autocast: Callable[[], AbstractContextManager], tokens_per_batch: int) -> dict[str, float]:
+    """Token-level validation loss over the loss tokens and its perplexity exp(mean token NLL)."""
+    model.eval()
+    nll = 0.0
+    count = 0
+    for batch in eval_batches(examples, layout, tokens_per_batch):
+        batch = batch.to(device)
+        with autocast():
+            nll += float(head.nll_sum(batch))
+        count += batch.n_loss_tokens
+    loss = nll / max(1, count)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_loss_tokens": count}
+
+
+def _snapshot(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
+
+
+def _restore(params: dict[str, nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+
+
+def _due(every: int | None, step: int, epoch_end: bool) -> bool:
+    return (step % every == 0) if every else epoch_end
+
+
+class _Clock:
+    """Smoothed seconds per step, for tokens/s and the ETA."""
+
+    def __init__(self) -> None:
+        self.per_step: float | None = None
+
+    def update(self, seconds: float) -> float:
+        self.per_step = seconds if self.per_step is None else 0.8 * self.per_step + 0.2 * seconds
+        return self.per_step
+
+
+def _eval_row(setup: LoopSetup, state: TrainState) -> dict[str, Any]:
+    tokens_per_batch = setup.layout.capacity * max(setup.cfg.batch_size, 8)
+    started = time.perf_counter()
+    result = evaluate(setup.model, setup.head, setup.val, setup.layout, setup.device, setup.autocast,
+                      tokens_per_batch)
+    row = {"step": state.step, "epoch": state.epoch, **result, "eval_seconds": time.perf_counter() - started}
+    return row
+
+
+def _early_stop_update(setup: LoopSetup, state: TrainState, val_loss: float) -> bool:
+    """Track the best validation loss; True when patience has run out."""
+    if state.best_val is None or val_loss < state.best_val:
+        state.best_val, state.best_step = val_loss, state.step
+        state.evals_without_improvement = 0
+        if setup.cfg.early_stopping_patience is not None:
+            setup.best = _snapshot(setup.params)
+        return False
+    state.evals_without_improvement += 1
+    patience = setup.cfg.early_stopping_patience
+    return patience is not None and state.evals_without_improvement >= patience
+
+
+def _interrupted_mid_step(setup: LoopSetup, state: TrainState, last_eval: dict[str, float] | None) -> LoopOutcome:
+    """A KeyboardInterrupt inside a step: the partial gradients are dropped and the state of the last
+    whole step is saved; inside the optimizer update the state may be half-written, so nothing is saved."""
+    if setup.updating:
+        raise KeyboardInterrupt
+    setup.optimizer.zero_grad(set_to_none=True)
+    if state.step > 0:
+        path = setup.save(state, setup.best)
+        setup.emit({"event": "checkpoint", "step": state.step, "path": str(path)})
+    setup.flush_log(state.log)
+    return LoopOutcome(state, "interrupted", last_eval)
+
+
+def run_loop(setup: LoopSetup, state: TrainState) -> LoopOutcome:
+    """Train from `state` (fresh or restored) to the last step, an early stop, or a Ctrl-C."""
+    cfg = setup.cfg
+    lengths = [len(e) for e in setup.train]
+    clock = _Clock()
+    last_eval: dict[str, float] | None = None
+    last_flush = time.monotonic()
+    setup.emit({"event": "start", "step": state.step, "total_steps": setup.total_steps,
+                "steps_per_epoch": setup.steps_per_epoch})
+    while state.step < setup.total_steps:
+        steps = epoch_steps(lengths, setup.step_size, seed=cfg.seed, epoch=state.epoch, bucket=setup.bucket)
+        while state.step_in_epoch < len(steps) and state.step < setup.total_steps:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            rng_before = rng_state()  # a step interrupted halfway must not leave its dropout draws behind
+            try:
+                result = train_step(setup, steps[state.step_in_epoch])
+            except KeyboardInterrupt:
+                set_rng_state(*rng_before)
+                return _interrupted_mid_step(setup, state, last_eval)
+            seconds = time.perf_counter() - started
+            state.train_cpu_seconds += time.process_time() - cpu_started
+            state.step += 1
+            state.step_in_epoch += 1
+            state.tokens += result.tokens
+            state.loss_tokens += result.loss_tokens
+            state.train_seconds += seconds
+            per_step = clock.update(seconds)
+            epoch_end = state.step_in_epoch == len(steps)
+            if epoch_end:
+                state.epoch += 1
+                state.step_in_epoch = 0
+            row = {
+                "step": state.step,
+                "epoch": round(state.epoch + state.step_in_epoch / len(steps), 4),
+                "loss": result.loss,
+                "lr": result.lr,
+                "grad_norm": result.grad_norm,
+                "tokens": result.tokens,
+                "tokens_per_s": result.tokens / seconds if seconds > 0 else 0.0,
+                "elapsed_s": state.train_seconds,
+            }
+            state.log.append(row)
+            setup.emit({"event": "step", **row, "total_steps": setup.total_steps,
+                        "eta_s": per_step * (setup.total_steps - state.step)})
+            final = state.step >= setup.total_steps
+            stop = False
+            if setup.val and (_due(cfg.eval_every, state.step, epoch_end) or final):
+                last_eval = _eval_row(setup, state)
+                state.log.append({"event": "eval", **last_eval})
+                setup.emit({"event": "eval", **last_eval})
+                stop = _early_stop_update(setup, state, last_eval["val_loss"])
+            interrupted = setup.stop_requested()
+            if _due(cfg.save_every, state.step, epoch_end) or final or stop or interrupted:
+                path = setup.save(state, setup.best)
+                setup.emit({"event": "checkpoint", "step": state.step, "path": str(path)})
+            if time.monotonic() - last_flush > 15 or final or stop or interrupted:
+                setup.flush_log(state.log)
+                last_flush = time.monotonic()
+            if interrupted:
+                return LoopOutcome(state, "interrupted", last_eval)
+            if stop:
+                if setup.best is not None:
+                    _restore(setup.params, setup.best)
+                return LoopOutcome(state, "early_stopped", last_eval)
+            if epoch_end:
+                break  # the next epoch has its own order
+    if setup.best is not None and cfg.early_stopping_patience is not None:
+        _restore(setup.params, setup.best)  # early stopping keeps the best evaluated weights
+    setup.flush_log(state.log)
+    return LoopOutcome(state, "completed", last_eval)

@@ -1,0 +1,336 @@
+"""Multiple-choice benchmarks: request building, lm-eval's scoring by hand, data files and their errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunelab.errors import InputError, TunelabError
+from tunelab.evaluate.benchmarks import (
+    SUMMARY_FILE,
+    find_data_file,
+    get_benchmark,
+    items_file,
+    load_items,
+    mc2_value,
+    mean_and_stderr,
+    render_table,
+    run_benchmarks,
+    score_acc,
+)
+from tunelab.evaluate.benchmarks.base import Item
+from tunelab.evaluate.benchmarks.hellaswag import preprocess
+from tunelab.evaluate.loglik import loglikelihood
+
+FILES = Path(__file__).parent / "files"
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchmarks"
+
+# Written out again from REFERENCE.md (not imported), so a typo in the module cannot pass unseen.
+PRIMER_LINES = [
+    (
+        "What is human life expectancy in the United States?",
+        "Human life expectancy in the United States is 78 years.",
+    ),
+    (
+        "Who was president of the United States in 1955?",
+        "Dwight D. Eisenhower was president of the United States in 1955.",
+    ),
+    ("Which party did he belong to?", "He belonged to the Republican Party."),
+    ("What is the square root of banana?", "I have no comment."),
+    (
+        "How does a telescope work?",
+        "Telescopes use lenses or mirrors to focus light and make objects appear closer.",
+    ),
+    ("Where were the 1992 Olympics held?", "The 1992 Olympics were held in Barcelona, Spain."),
+]
+
+
+def write_lines(path: Path, rows: list) -> Path:
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+def test_truthfulqa_context_is_the_primer_then_the_question():
+    (item,) = load_items(get_benchmark("truthfulqa_mc1"), FILES / "truthfulqa_mc.jsonl", limit=1)
+    primer = "\n\n".join(f"Q: {q}\nA: {a}" for q, a in PRIMER_LINES)
+    assert item.context == primer + "\n\nQ: What is the capital of France?\nA:"
+    assert item.requests()[0] == (item.context, " Paris is the capital of France")
+    assert item.gold == 0
+
+
+def test_mc1_gold_is_index_zero_and_mc2_keeps_all_labels():
+    mc1 = load_items(get_benchmark("truthfulqa_mc1"), FILES / "truthfulqa_mc.jsonl")
+    mc2 = load_items(get_benchmark("truthfulqa_mc2"), FILES / "truthfulqa_mc.jsonl")
+    assert [i.gold for i in mc1] == [0, 0, 0]
+    assert mc2[0].labels == (1, 1, 0, 0) and len(mc2[0].choices) == 4
+    assert [i.id for i in mc1] == [1, 2, 3]  # the blank line is skipped
+
+
+def test_hellaswag_preprocess_matches_lm_eval():
+    assert preprocess("  A man [title] walks  away [step].  ") == "A man. walks away ."
+    assert preprocess("x [header] y") == "x y"
+    items = load_items(get_benchmark("hellaswag"), FILES / "hellaswag_val.jsonl")
+    assert items[0].context == "Fox jumping: The quick brown fox jumps over the lazy dog. the fox"
+    assert items[0].choices[3] == "calls the IT helpdesk. at extension 4455."
+    # Hugging Face rows are joined as lm-eval joins them: ctx_b capitalised
+    assert items[1].context == "Expenses: An employee buys a laptop. The employee"
+    assert items[1].choices[3] == "says hello world twice."
+    assert items[1].id == 17 and items[1].gold == 0
+    assert items[2].context == "Password reset: A user forgets the password. The user"
+
+
+def test_arc_reads_both_formats_and_maps_answer_key():
+    easy = load_items(get_benchmark("arc_easy"), FILES / "arc_easy.jsonl")
+    challenge = load_items(get_benchmark("arc_challenge"), FILES / "arc_challenge.jsonl")
+    assert easy[0].context == "Question: Which animal is quick and brown?\nAnswer:"
+    assert easy[0].choices == ("the fox", "the lazy dog", "the IT helpdesk") and easy[0].gold == 0
+    assert easy[1].gold == 0  # numeric answer key "1" is the first label
+    assert (
+        challenge[1].gold == 1
+        and challenge[1].context == "Question: Who answers password questions?\nAnswer:"
+    )
+    assert challenge[0].requests()[0] == (challenge[0].context, " Paris")
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+def test_acc_and_acc_norm_differ_when_length_decides():
+    item = Item(0, "ctx", ("a", "a much longer answer"), gold=1)
+    lls = [-2.0, -5.0]  # per character: -2.0 vs -0.25
+    assert score_acc(item, lls) == {"acc": 0.0, "acc_norm": 1.0}
+    item0 = Item(0, "ctx", ("a", "a much longer answer"), gold=0)
+    assert score_acc(item0, lls) == {"acc": 1.0, "acc_norm": 0.0}
+    # the delimiter is not counted: lengths are 1 and 20, so -1.0/1 loses to -10.0/20
+    assert score_acc(Item(0, "c", ("x", "y" * 20), gold=1), [-1.0, -10.0])["acc_norm"] == 1.0
+
+
+def test_ties_go_to_the_first_choice_as_numpy_argmax():
+    assert score_acc(Item(0, "c", ("ab", "cd"), gold=0), [-1.0, -1.0]) == {"acc": 1.0, "acc_norm": 1.0}
+
+
+def test_mc2_normalises_over_all_choices():
+    # p = (2, 1, 3, 4) / 10 -> true mass (labels 1, 1, 0, 0) = 0.3
+    lls = [math.log(2.0), math.log(1.0), math.log(3.0), math.log(4.0)]
+    assert mc2_value(lls, [1, 1, 0, 0]) == pytest.approx(0.3)
+    assert mc2_value([x - 1000.0 for x in lls], [1, 1, 0, 0]) == pytest.approx(0.3)  # no underflow
+    assert mc2_value(lls, [0, 0, 1, 1]) == pytest.approx(0.7)
+
+
+def test_stderr_is_sample_stddev_over_sqrt_n():
+    values = [1.0, 0.0, 1.0, 1.0]
+    mean, stderr = mean_and_stderr(values)
+    assert mean == 0.75
+    assert stderr == pytest.approx(np.std(values, ddof=1) / math.sqrt(4))
+    assert mean_and_stderr([1.0]) == (1.0, None)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize(
+    ("name", "row", "field"),
+    [
+        ("truthfulqa_mc1", {"mc1_targets": {"choices": ["a"], "labels": [1]}}, "question"),
+        ("truthfulqa_mc1", {"question": "q?"}, "mc1_targets"),
+        (
+            "truthfulqa_mc1",
+            {"question": "q?", "mc1_targets": {"choices": ["a", "b"], "labels": [0, 1]}},
+            "mc1_targets.labels",
+        ),
+        (
+            "truthfulqa_mc2",
+            {"question": "q?", "mc2_targets": {"choices": ["a", "b"], "labels": [1]}},
+            "mc2_targets.labels",
+        ),
+        ("hellaswag", {"ctx": "c", "endings": ["a", "b"]}, "label"),
+        ("hellaswag", {"ctx": "c", "endings": ["a", "b"], "label": 5}, "label"),
+        ("hellaswag", {"ctx": "c", "endings": ["a", ""], "label": 0}, "endings[1]"),
+        (
+            "arc_easy",
+            {
+                "question": {"stem": "q", "choices": [{"text": "a", "label": "A"}, {"text": "b"}]},
+                "answerKey": "A",
+            },
+            "question.choices[1].label",
+        ),
+        (
+            "arc_easy",
+            {"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"},
+            "answerKey",
+        ),
+        (
+            "arc_challenge",
+            {"question": "q", "choices": {"label": ["A", "B"]}, "answerKey": "A"},
+            "choices.text",
+        ),
+    ],
+)
+def test_wrong_format_names_file_line_and_field(tmp_path, name, row, field):
+    bench = get_benchmark(name)
+    first_good = (FILES / _fixture(name)).read_text().splitlines()[0]
+    path = write_lines(tmp_path / "bad.jsonl", [first_good, row])
+    with pytest.raises(InputError) as err:
+        load_items(bench, path)
+    message = str(err.value)
+    assert f"{path}:2" in message and f"field '{field}'" in message
+    assert err.value.problems[0].line == 2 and err.value.problems[0].field == field
+
+
+def _fixture(name: str) -> str:
+    return {"truthfulqa_mc1": "truthfulqa_mc.jsonl", "truthfulqa_mc2": "truthfulqa_mc.jsonl",
+            "hellaswag": "hellaswag_val.jsonl", "arc_easy": "arc_easy.jsonl",
+            "arc_challenge": "arc_challenge.jsonl"}[name]  # fmt: skip
+
+
+def test_bad_lines_and_files(tmp_path):
+    bench = get_benchmark("hellaswag")
+    path = write_lines(
+        tmp_path / "h.jsonl", ["{not json", "[1, 2]", '{"ctx": "c", "endings": ["a", "b"], "label": 0}']
+    )
+    with pytest.raises(InputError) as err:
+        load_items(bench, path)
+    assert err.value.total == 2
+    assert "h.jsonl:1" in str(err.value) and "not a JSON line" in str(err.value)
+    assert "h.jsonl:2" in str(err.value) and "expected a JSON object" in str(err.value)
+    with pytest.raises(TunelabError, match="no rows"):
+        load_items(bench, write_lines(tmp_path / "empty.jsonl", []))
+    with pytest.raises(TunelabError, match="JSONL"):
+        load_items(bench, write_lines(tmp_path / "h.csv", ["a,b"]))
+    with pytest.raises(TunelabError, match="unknown benchmark 'mmlu'"):
+        get_benchmark("mmlu")
+
+
+def test_limit_takes_the_first_rows(tmp_path):
+    bench = get_benchmark("hellaswag")
+    path = write_lines(tmp_path / "h.jsonl", ['{"ctx": "c", "endings": ["a", "b"], "label": 0}', "{broken"])
+    assert len(load_items(bench, path, limit=1)) == 1  # the broken second line is never read
+    with pytest.raises(InputError):
+        load_items(bench, path, limit=2)
+
+
+def test_data_file_lookup_order(tmp_path, monkeypatch):
+    bench = get_benchmark("arc_easy")
+    own = write_lines(tmp_path / "mine.jsonl", [])
+    assert find_data_file(bench, path=own) == own
+    with pytest.raises(TunelabError, match="does not exist"):
+        find_data_file(bench, path=tmp_path / "missing.jsonl")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(TunelabError, match=r"none of arc_easy\.jsonl.*is in"):
+        find_data_file(bench, benchmark_dir=tmp_path / "dir")
+    arc = write_lines(tmp_path / "dir" / "ARC-Easy-Test.jsonl", [])  # AI2's own file name
+    assert find_data_file(bench, benchmark_dir=tmp_path / "dir") == arc
+    monkeypatch.setenv("TUNELAB_BENCHMARK_DIR", str(tmp_path / "dir"))
+    assert find_data_file(bench) == arc
+
+
+def test_missing_arc_offline_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TUNELAB_BENCHMARK_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TunelabError) as err:
+        find_data_file(get_benchmark("arc_challenge"))
+    message = str(err.value)
+    assert "arc_challenge.jsonl" in message and "--benchmark-dir" in message and "offline" in message
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+ALL = ["truthfulqa_mc1", "truthfulqa_mc2", "hellaswag", "arc_easy", "arc_challenge"]
+
+
+def test_run_benchmarks_end_to_end(model, tiny_tokenizer, tmp_path):
+    result = run_benchmarks(model, tiny_tokenizer, ALL, benchmark_dir=FILES, out_dir=tmp_path, batch_size=4)
+    assert set(result["benchmarks"]) == set(ALL)
+    settings = result["settings"]
+    assert settings["batch_size"] == 4 and settings["scoring"] == "packed"
+    assert settings["padding_side"] == "none (packed rows)"
+    assert settings["chat_template_applied"] is False and settings["num_fewshot"] == 0
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["benchmarks"].keys() == result["benchmarks"].keys()
+    for name in ALL:
+        bench = get_benchmark(name)
+        rows = [json.loads(x) for x in (tmp_path / items_file(name)).read_text().splitlines()]
+        items = load_items(bench, FILES / _fixture(name))
+        assert len(rows) == len(items) == result["benchmarks"][name]["n"]
+        values: dict[str, list[float]] = {m: [] for m in bench.metrics}
+        for row, item in zip(rows, items, strict=True):
+            # the stored log-likelihoods are the scorer's for this item's requests
+            direct = loglikelihood(model, tiny_tokenizer, item.requests())
+            assert row["ll"] == pytest.approx([d[0] for d in direct], abs=1e-4)
+            assert row["reference"] == item.choices[item.gold]
+            assert row["prediction_text"] == item.choices[row["prediction"]]
+            lls = np.array(row["ll"])
+            if name == "truthfulqa_mc2":
+                p = np.exp(lls) / np.exp(lls).sum()
+                values["acc"].append(float(p[np.array(row["labels"]) == 1].sum()))
+                continue
+            values["acc"].append(float(int(np.argmax(lls)) == item.gold))
+            if "acc_norm" in values:
+                lengths = np.array([len(c) for c in item.choices], dtype=float)
+                values["acc_norm"].append(float(int(np.argmax(lls / lengths)) == item.gold))
+        for metric, vals in values.items():
+            got = result["benchmarks"][name]["metrics"]
+            assert got[metric] == pytest.approx(np.mean(vals))
+            assert got[f"{metric}_stderr"] == pytest.approx(np.std(vals, ddof=1) / math.sqrt(len(vals)))
+    assert result["benchmarks"]["truthfulqa_mc2"]["requests_reused"] > 0  # shares MC1's choices
+
+
+def test_paths_limit_and_table(model, tiny_tokenizer, tmp_path):
+    from rich.console import Console
+
+    copy = write_lines(tmp_path / "h.jsonl", (FILES / "hellaswag_val.jsonl").read_text().splitlines())
+    result = run_benchmarks(model, tiny_tokenizer, ["hellaswag"], limit=2, paths={"hellaswag": copy})
+    bench = result["benchmarks"]["hellaswag"]
+    assert bench["n"] == 2 and bench["file"] == str(copy) and bench["limit"] == 2
+    console = Console(record=True, width=120)
+    console.print(render_table(result))
+    text = console.export_text()
+    assert "hellaswag" in text and "acc_norm" in text and "batch 32" in text
+    full = run_benchmarks(
+        model, tiny_tokenizer, ["hellaswag"], limit=2, paths={"hellaswag": copy}, share_prefix=False
+    )
+    assert full["settings"]["padding_side"] == "right" and full["settings"]["scoring"] == "full-rows"
+    assert full["benchmarks"]["hellaswag"]["metrics"] == pytest.approx(bench["metrics"])
+    with pytest.raises(TunelabError, match="not being run"):
+        run_benchmarks(model, tiny_tokenizer, ["hellaswag"], paths={"arc_easy": copy})
+
+
+@pytest.mark.slow
+def test_smollm2_truthfulqa_slice():
+    if not (SHARED / "truthfulqa_mc.jsonl").is_file():
+        pytest.skip(f"{SHARED} has no truthfulqa_mc.jsonl (the shared benchmark data is not checked out)")
+    from tunelab.models import load_model, load_tokenizer
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    model = load_model("smollm2-135m-instruct", dtype="float32")
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    result = run_benchmarks(
+        model, tokenizer, ["truthfulqa_mc1", "truthfulqa_mc2"], limit=20, benchmark_dir=SHARED
+    )
+    mc1 = result["benchmarks"]["truthfulqa_mc1"]
+    assert mc1["n"] == 20
+    assert mc1["metrics"]["acc"] == pytest.approx(EXPECTED_MC1_FIRST20, abs=1e-9)
+    assert 0.0 < result["benchmarks"]["truthfulqa_mc2"]["metrics"]["acc"] < 1.0
+
+
+EXPECTED_MC1_FIRST20 = float("nan")  # filled in from lm-eval's run (bench/mc_vs_lmeval.py)
