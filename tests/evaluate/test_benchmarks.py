@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -315,22 +314,32 @@ def test_paths_limit_and_table(model, tiny_tokenizer, tmp_path):
         run_benchmarks(model, tiny_tokenizer, ["hellaswag"], paths={"arc_easy": copy})
 
 
+# lm-eval 0.4.13 (hf backend, fp32, batch 32) on the same converted SmolLM2-135M-Instruct and the first
+# 20 rows of ../shared/benchmarks/truthfulqa_mc.jsonl, from bench/mc_vs_lmeval.py: the index of the
+# highest-likelihood MC1 choice per item (gold is 0), so acc = 4/20.
+LM_EVAL_MC1_PREDICTIONS = [2, 2, 2, 1, 2, 0, 2, 2, 0, 0, 1, 4, 5, 3, 1, 1, 5, 2, 5, 0]
+
+
 @pytest.mark.slow
-def test_smollm2_truthfulqa_slice():
+def test_smollm2_truthfulqa_slice_matches_lm_eval(tmp_path):
     if not (SHARED / "truthfulqa_mc.jsonl").is_file():
-        pytest.skip(f"{SHARED} has no truthfulqa_mc.jsonl (the shared benchmark data is not checked out)")
+        pytest.skip(f"{SHARED.resolve()} has no truthfulqa_mc.jsonl (the shared benchmark data is not there)")
     from tunelab.models import load_model, load_tokenizer
 
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     model = load_model("smollm2-135m-instruct", dtype="float32")
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     result = run_benchmarks(
-        model, tokenizer, ["truthfulqa_mc1", "truthfulqa_mc2"], limit=20, benchmark_dir=SHARED
+        model,
+        tokenizer,
+        ["truthfulqa_mc1", "truthfulqa_mc2"],
+        limit=20,
+        benchmark_dir=SHARED,
+        out_dir=tmp_path,
     )
     mc1 = result["benchmarks"]["truthfulqa_mc1"]
-    assert mc1["n"] == 20
-    assert mc1["metrics"]["acc"] == pytest.approx(EXPECTED_MC1_FIRST20, abs=1e-9)
+    rows = [json.loads(x) for x in (tmp_path / items_file("truthfulqa_mc1")).read_text().splitlines()]
+    assert [r["prediction"] for r in rows] == LM_EVAL_MC1_PREDICTIONS
+    assert mc1["n"] == 20 and mc1["metrics"]["acc"] == pytest.approx(0.2)
+    assert mc1["metrics"]["acc_stderr"] == pytest.approx(math.sqrt(0.2 * 0.8 * 20 / 19) / math.sqrt(20))
     assert 0.0 < result["benchmarks"]["truthfulqa_mc2"]["metrics"]["acc"] < 1.0
-
-
-EXPECTED_MC1_FIRST20 = float("nan")  # filled in from lm-eval's run (bench/mc_vs_lmeval.py)
+    assert result["benchmarks"]["truthfulqa_mc2"]["requests_reused"] > 0

@@ -82,7 +82,9 @@ def test_shared_prefix_is_computed_once_and_changes_nothing(model, gen):
     system = {"role": "system", "content": "Answer briefly, using the employee handbook and nothing else."}
     prompts = [[system, *p[-1:]] for p in PROMPTS]
     shapes = []
-    hook = model.model.embed_tokens.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(inp[0].shape)))
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda mod, inp, out: shapes.append(tuple(inp[0].shape))
+    )
     try:
         outs = gen.generate(prompts, GenerationConfig(max_new_tokens=10, batch_size=5))
     finally:
@@ -194,8 +196,11 @@ def test_peft_models_match_their_own_generate(tiny_model_dir, tiny_tokenizer, me
     # forward call, so the engine hands it to PEFT's generate. Both must equal per-prompt generate.
     from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
-    config = (LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-              if method == "lora" else PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    config = (
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        if method == "lora"
+        else PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    )
     peft_model = get_peft_model(varied_model(tiny_model_dir), config).eval()
     gen = Generator(peft_model, tiny_tokenizer, threads=1)
     assert gen._via_hf_generate is (method == "prompt_tuning")

@@ -223,6 +223,12 @@ def test_deterministic_and_restores_training_mode(model, tiny_tokenizer):
         model.eval()
 
 
+def test_no_requests_no_work(model, tiny_tokenizer):
+    stats: dict = {}
+    assert loglikelihood(model, tiny_tokenizer, [], stats=stats) == []
+    assert stats["forward_calls"] == 0
+
+
 def test_bad_requests_are_clear_errors(model, tiny_tokenizer):
     with pytest.raises(TunelabError, match="batch_size"):
         loglikelihood(model, tiny_tokenizer, REQUESTS, batch_size=0)

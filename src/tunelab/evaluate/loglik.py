@@ -231,8 +231,14 @@ def loglikelihood(
             if reason is None:
                 try:
                     scored = runner.score_packed(unique)
+                except torch.OutOfMemoryError:
+                    raise
                 except _PackingMismatch as exc:
                     reason = str(exc)
+                except (AttributeError, TypeError, ValueError, NotImplementedError, RuntimeError) as exc:
+                    # Architectures without a standard KV cache or 4D masks (state-space models, ...)
+                    reason = f"packed scoring is not supported by this model ({type(exc).__name__}: {exc})"
+                if scored is None:
                     runner.reset()
             if scored is None:
                 scored = runner.score_full(unique)
