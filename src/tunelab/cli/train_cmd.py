@@ -31,6 +31,9 @@ def train(
         return
     data = {"run_dir": str(result.run_dir), "status": result.status, **result.summary}
     emit(data, as_json, lambda c: _render(c, result))
+    if result.status == "interrupted":
+        # a checkpoint was saved; `--resume` continues it, but the run itself did not finish
+        raise typer.Exit(code=130)
 
 
 def _render(console, result) -> None:
