@@ -140,7 +140,10 @@ def test_batched_unbatched_and_full_rows_agree(model, tiny_tokenizer):
             assert a == pytest.approx(b, abs=TOL)
 
 
-def test_shared_prefix_runs_match_plain_forwards(model, tiny_tokenizer):
+def test_shared_prefix_runs_match_plain_forwards(model, tiny_tokenizer, monkeypatch):
+    import tunelab.evaluate.loglik as loglik
+
+    monkeypatch.setattr(loglik, "_MIN_PREFIX_SAVING", 1)  # this primer is short; share it anyway
     primer = "The quick brown fox jumps over the lazy dog. Employees get 25 days of paid leave per year.\n\n"
     questions = ["Q: What is the capital of France?\nA:", "Q: Who gets leave?\nA:", "Q: hello world\nA:"]
     requests = [(primer + q, c) for q in questions for c in (" Paris", " Employees", " the lazy dog")]
@@ -155,6 +158,10 @@ def test_shared_prefix_runs_match_plain_forwards(model, tiny_tokenizer):
     assert stats["mode"] == "packed" and stats["contexts"] == 3
     assert stats["forward_calls"] == 3
     assert stats["tokens_forwarded"] < stats["tokens_full_rows"] / 2
+    # a short prefix shared by few contexts is not worth a pass of its own: everything in one row
+    monkeypatch.setattr(loglik, "_MIN_PREFIX_SAVING", 512)
+    loglikelihood(model, tiny_tokenizer, requests, stats=stats)
+    assert stats["forward_calls"] == 2  # the packed row and the check
 
 
 def test_plan_prefix_runs_groups_contexts_with_a_long_common_start():
@@ -293,6 +300,7 @@ def test_short_rows_batched_with_padding_match_plain_forwards(model, tiny_tokeni
     import tunelab.evaluate.loglik as loglik
 
     monkeypatch.setattr(loglik, "_ROW_TOKENS", 12)  # several padded rows per forward pass
+    monkeypatch.setattr(loglik, "_MIN_PREFIX_SAVING", 1)  # and a shared prefix repeated across rows
     primer = "The quick brown fox jumps over the lazy dog. Employees get 25 days of paid leave per year.\n\n"
     requests = REQUESTS + [(primer + q, " Paris") for q in ("Q: one?", "Q: two words?", "Q: hello world?")]
     stats: dict = {}

@@ -46,7 +46,8 @@ from ..errors import TunelabError
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer names a length
 _TOKENIZER_INFINITY = 1_000_000_000_000_000_019_884_624_838_656  # transformers' "no limit" marker
-_MIN_SHARED_PREFIX = 16  # below this, copying a prefix cache costs more than recomputing the tokens
+_MIN_SHARED_PREFIX = 16  # shortest common token prefix that makes contexts one run
+_MIN_PREFIX_SAVING = 512  # tokens a run's shared prefix must save to get a forward pass of its own
 # Tokens per packed row: short enough that its (row x row) attention, mostly masked, stays a minor
 # cost. Rows are batched, so a forward pass still multiplies large matrices: few large passes beat
 # many small ones on a CPU, where every operator pays a thread-synchronisation toll.
@@ -388,7 +389,13 @@ class _Runner:
         by_context: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         for ctx, cont in unique:
             by_context.setdefault(ctx, []).append(cont)
-        runs = plan_prefix_runs(list(by_context))
+        # A shared prefix costs a pass of its own and splits the packing: only worth it when it saves
+        # enough tokens (TruthfulQA's primer: ~170 tokens x every question; not two HellaSwag
+        # items cut from the same video).
+        runs = [
+            (s, c) if (len(c) - 1) * s >= _MIN_PREFIX_SAVING else (0, c)
+            for s, c in plan_prefix_runs(by_context)
+        ]
         loose = [ctx for shared, contexts in runs if not shared for ctx in contexts]
         results: dict = {}
         for shared, contexts in [(s, c) for s, c in runs if s] + [(0, loose)]:
@@ -413,33 +420,38 @@ class _Runner:
         self, contexts: list[tuple[int, ...]], by_context: dict, shared: int
     ) -> list[list[list[Entry]]]:
         """Forward passes -> rows -> entries. A pass holds at most batch_size continuations and about
-        forward_tokens tokens; a row about row_tokens (short rows keep the masked attention cheap)."""
+        forward_tokens tokens, split into rows of about row_tokens (short rows keep the masked
+        attention cheap) balanced in length, so that little of the pass is padding."""
         entries: list[Entry] = []
         for ctx in contexts:
             conts = by_context[ctx]
             # A context with more continuations than a pass holds is repeated, once per chunk.
             entries += [(ctx, conts[i : i + self.batch_size]) for i in range(0, len(conts), self.batch_size)]
-        passes: list[list[list[Entry]]] = []
-        rows: list[list[Entry]] = []
-        row: list[Entry] = []
-        pass_conts = pass_tokens = row_tokens = 0
+        passes: list[list[tuple[int, Entry]]] = [[]]
+        n_conts = n_tokens = 0
         for ctx, conts in entries:
             size = len(ctx) - shared + sum(len(c) - 1 for c in conts)
-            if row and (
-                pass_conts + len(conts) > self.batch_size or pass_tokens + size > self.forward_tokens
+            if passes[-1] and (
+                n_conts + len(conts) > self.batch_size or n_tokens + size > self.forward_tokens
             ):
-                passes.append([*rows, row])
-                rows, row, pass_conts, pass_tokens, row_tokens = [], [], 0, 0, 0
-            elif row and row_tokens + size > self.row_tokens:
-                rows.append(row)
-                row, row_tokens = [], 0
-            row.append((ctx, conts))
-            pass_conts += len(conts)
-            pass_tokens += size
-            row_tokens += size
-        if row:
-            passes.append([*rows, row])
-        return passes
+                passes.append([])
+                n_conts = n_tokens = 0
+            passes[-1].append((size, (ctx, conts)))
+            n_conts += len(conts)
+            n_tokens += size
+        return [self._balance(p) for p in passes if p]
+
+    def _balance(self, sized: list[tuple[int, Entry]]) -> list[list[Entry]]:
+        """Longest entry first into the shortest row."""
+        total = sum(size for size, _ in sized)
+        n_rows = max(1, -(-total // self.row_tokens))
+        rows: list[list[Entry]] = [[] for _ in range(n_rows)]
+        lengths = [0] * n_rows
+        for size, entry in sorted(sized, key=lambda e: -e[0]):
+            shortest = lengths.index(min(lengths))
+            rows[shortest].append(entry)
+            lengths[shortest] += size
+        return [row for row in rows if row]
 
     def _score_rows(self, rows: list[list[Entry]], shared: int, cache: Any) -> dict:
         built = [self._layout(row, shared) for row in rows]
