@@ -34,7 +34,6 @@ attention kernels without custom masks and sliding windows shorter than a reques
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 
 from ..errors import TunelabError
+from .generate import accepts_logits_to_keep
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer names a length
 _TOKENIZER_INFINITY = 1_000_000_000_000_000_019_884_624_838_656  # transformers' "no limit" marker
@@ -286,14 +286,6 @@ def _packing_blocker(model: Any, longest: int) -> str | None:
     return None
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
     """Where inputs go, and the dtype activations (and so the attention mask) are computed in."""
     param = next(model.parameters())
@@ -347,7 +339,7 @@ class _Runner:
         self.model = model
         self.batch_size = batch_size
         self.device, self.dtype = _model_device_dtype(model)
-        self.keep_ok = _accepts_logits_to_keep(model)
+        self.keep_ok = accepts_logits_to_keep(model)
         vocab = getattr(_config(model), "vocab_size", None) or 50_000
         self.row_tokens = _ROW_TOKENS
         # A pass keeps up to (tokens x vocab) float logits: about 512 MB at most.
