@@ -150,6 +150,25 @@ class TrackingConfig(Section):
     experiment: str | None = Field(None, description="Default: the experiment name.")
 
 
+# ------------------------------------------------------------------------------------------- compare
+class VariantConfig(Section):
+    name: str = Field(..., min_length=1, description="Label of this variant in the table and report.")
+    model: str = Field(..., description="Base model the adapter belongs to (or the tuned model itself).")
+    adapter: Path | None = Field(None, description="A PEFT adapter or full-model directory; None = the base model.")
+
+
+class CompareConfig(Section):
+    models: list[str] = Field(
+        default_factory=list,
+        description="Base models to compare; each is trained with the method above. Default: [model.name].",
+    )
+    train: bool = Field(True, description="Train a tuned variant of every model (false: compare bases and extras only).")
+    rag: Literal["auto", "on", "off"] = Field(
+        "auto", description="Add the with-retrieval variant of each; auto = on when rag.docs is set.",
+    )
+    extra: list[VariantConfig] = Field(default_factory=list, description="Other adapters or models to include.")
+
+
 # -------------------------------------------------------------------------------------------- serving
 class ServeConfig(Section):
     host: str = "127.0.0.1"
@@ -167,6 +186,7 @@ class ExperimentConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rag: RagConfig = Field(default_factory=RagConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("name")
@@ -331,6 +351,8 @@ def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
     config.data.eval = fix(config.data.eval)
     config.eval.data = fix(config.eval.data)
     config.rag.docs = fix(config.rag.docs)
+    for variant in config.compare.extra:
+        variant.adapter = fix(variant.adapter)
     if config.model.chat_template:
         config.model.chat_template = str(fix(Path(config.model.chat_template)))
     # A model given as a relative local path (./my-model, ../ckpt.gguf) is resolved too; names and hub ids stay.
