@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,6 +123,73 @@ class TrainConfig(Section):
     keep_last: int = Field(2, gt=0, description="Checkpoints kept.")
     early_stopping_patience: int | None = Field(None, gt=0)
     seed: int = 42
+    eval_generate_every: int | None = Field(
+        None, gt=0, description="Every N steps, generate answers for the first validation examples and log "
+        "their ROUGE-L (off by default: generation is slow next to a loss evaluation)."
+    )
+    eval_generate_n: int = Field(16, gt=0, description="Validation examples answered by eval_generate_every.")
+    eval_generate_max_new_tokens: int = Field(64, gt=0, description="Answer length cap for eval_generate_every.")
+
+
+# ------------------------------------------------------------------------------------- mixture/stages
+class TaskConfig(Section):
+    """One task of a multi-task mixture: its data (prepared on its own, with its own validation split)
+    and its sampling weight (train.mixture.py says how weights become the epoch's examples)."""
+
+    task: str = Field(..., min_length=1, description="Task name; validation loss is logged as val_loss/<task>.")
+    data: list[Path] = Field(..., min_length=1, description="The task's input file(s), any data format.")
+    weight: float = Field(1.0, gt=0, description="Sampling weight; the task's share of an epoch is "
+                          "weight / sum of weights.")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Path) else value
+
+
+def _check_mixture(tasks: list[TaskConfig]) -> None:
+    names = [t.task for t in tasks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"task names must be unique, {', '.join(repeated)} repeated")
+
+
+class StageConfig(Section):
+    """One stage of sequential fine-tuning. data, method and train inherit every key the stage does not
+    set from the experiment's top-level sections (merged before validation); the stage starts from the
+    previous stage's weights (train.stages says how)."""
+
+    name: str | None = Field(None, description="Stage name (its directory is stages/<index>-<name>); "
+                             "default: the objective.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mixture: list[TaskConfig] = Field(default_factory=list, description="A mixture for this stage only "
+                                      "(not inherited).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and (set(value) & set('/\\:*?"<>|') or value.startswith(".") or not value):
+            raise ValueError("must be usable as a directory name")
+        return value
+
+    @model_validator(mode="after")
+    def _data_or_mixture(self) -> StageConfig:
+        _check_mixture(self.mixture)
+        if self.mixture and self.data.train:
+            raise ValueError("a stage takes data.train or a mixture, not both")
+        return self
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -183,6 +251,10 @@ class ExperimentConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    mixture: list[TaskConfig] = Field(default_factory=list, description="Multi-task training: datasets "
+                                      "sampled by weight, validation loss per task (instead of data.train).")
+    stages: list[StageConfig] = Field(default_factory=list, description="Sequential fine-tuning: each stage "
+                                      "starts from the previous one's weights.")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rag: RagConfig = Field(default_factory=RagConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -196,6 +268,38 @@ class ExperimentConfig(Section):
         if bad or value.startswith("."):
             raise ValueError(f"must be usable as a directory name (no {''.join(sorted(bad)) or 'leading dot'})")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_inherit(cls, data: Any) -> Any:
+        """Each stage's data/method/train = the top-level section with the stage's keys merged over it,
+        so a stage can override just `train.objective`. A stage with a mixture does not inherit data.train."""
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+            return data
+        stages = []
+        for stage in data["stages"]:
+            if isinstance(stage, dict):
+                stage = dict(stage)
+                for section in ("data", "method", "train"):
+                    top = data.get(section)
+                    top = top.model_dump() if isinstance(top, BaseModel) else (top or {})
+                    own = stage.get(section)
+                    if not isinstance(top, dict) or not isinstance(own, dict | None):
+                        continue  # a malformed section is reported by validation, at its own path
+                    if section == "data" and stage.get("mixture") and "train" not in (own or {}):
+                        top = {k: v for k, v in top.items() if k != "train"}
+                    stage[section] = _deep_merge(top, own or {})
+            stages.append(stage)
+        return {**data, "stages": stages}
+
+    @model_validator(mode="after")
+    def _data_or_mixture(self) -> ExperimentConfig:
+        _check_mixture(self.mixture)
+        if self.mixture and self.data.train:
+            raise ValueError("give data.train or a mixture, not both (each mixture task names its own data)")
+        if self.mixture and self.stages:
+            raise ValueError("with stages, give the mixture inside the stage that trains on it")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -244,13 +348,19 @@ def _line_index(text: str) -> dict[tuple, int]:
 def _fields_at(path: tuple) -> list[str]:
     """Field names valid at a dotted path of the schema (for did-you-mean)."""
     model: type[BaseModel] | None = ExperimentConfig
+    item: type[BaseModel] | None = None  # the element model of a list field (stages, mixture)
     for part in path:
-        if model is None or isinstance(part, int):
+        if isinstance(part, int):
+            model, item = item, None
+            continue
+        if model is None:
             return []
         info = model.model_fields.get(part)
         if info is None:
             return []
         ann = info.annotation
+        args = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        item = args[0] if typing.get_origin(ann) is list and args else None
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return list(model.model_fields) if model else []
 
@@ -351,6 +461,13 @@ def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
     config.data.eval = fix(config.data.eval)
     config.eval.data = fix(config.eval.data)
     config.rag.docs = fix(config.rag.docs)
+    for task in config.mixture:
+        task.data = [fix(p) for p in task.data]
+    for stage in config.stages:
+        stage.data.train = [fix(p) for p in stage.data.train]
+        stage.data.eval = fix(stage.data.eval)
+        for task in stage.mixture:
+            task.data = [fix(p) for p in task.data]
     for variant in config.compare.extra:
         variant.adapter = fix(variant.adapter)
     if config.model.chat_template:
@@ -362,6 +479,19 @@ def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
     return config
 
 
+def _drop_inherited(errors: list[dict], lines: dict[tuple, int]) -> list[dict]:
+    """A bad top-level value is inherited by every stage; report it once, at the line where it is written
+    (a stage's error stays when the stage itself sets the key)."""
+    top = {(tuple(e["loc"]), e["type"]) for e in errors}
+    kept = []
+    for e in errors:
+        loc = tuple(e["loc"])
+        inherited = len(loc) > 3 and loc[0] == "stages" and loc[:4] not in lines
+        if not (inherited and (loc[2:], e["type"]) in top):
+            kept.append(e)
+    return kept
+
+
 def validate_data(data: Any, source: str = "<config>", text: str = "", base: Path | None = None) -> ExperimentConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, [f"(top level): must be a mapping of sections, got {type(data).__name__}"])
@@ -369,7 +499,8 @@ def validate_data(data: Any, source: str = "<config>", text: str = "", base: Pat
         config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         lines = _line_index(text)
-        errors = sorted(exc.errors(), key=lambda e: _line_of(tuple(e["loc"]), lines))
+        errors = _drop_inherited(exc.errors(), lines)
+        errors = sorted(errors, key=lambda e: _line_of(tuple(e["loc"]), lines))
         raise ConfigError(source, [_format_error(e, lines) for e in errors]) from None
     return _resolve_paths(config, base or Path.cwd())
 

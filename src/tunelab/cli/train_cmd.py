@@ -17,23 +17,35 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (params, tokens, steps, memory, time, suggestions)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Fine-tune the config's model with its method and objective; writes the run directory."""
+    """Fine-tune the config's model with its method and objective; writes the run directory.
+
+    Several processes: `accelerate launch --config_file configs/accelerate/ddp.yaml $(which tunelab) train
+    CONFIG` (or torchrun); see configs/accelerate/README.md."""
     from ..config import load_config
     from ..train import run
 
     config = load_config(config_file, overrides or [])
     result = run(config, resume=resume, dry_run=dry_run, progress=not as_json)
     if dry_run:
-        from ..train.plan import format_plan
-
         emit({"run_dir": str(result.run_dir), "status": result.status, "plan": result.plan}, as_json,
-             lambda c: c.print(format_plan(result.plan), highlight=False))
+             lambda c: _render_plan(c, result.plan))
         return
     data = {"run_dir": str(result.run_dir), "status": result.status, **result.summary}
     emit(data, as_json, lambda c: _render(c, result))
     if result.status == "interrupted":
         # a checkpoint was saved; `--resume` continues it, but the run itself did not finish
         raise typer.Exit(code=130)
+
+
+def _render_plan(console, plan) -> None:
+    from ..train.plan import format_plan
+
+    if "stages" in plan:  # sequential stages: one plan each
+        for stage in plan["stages"]:
+            console.print(f"[bold]stage {stage['stage']}[/]")
+            console.print(format_plan(stage), highlight=False)
+        return
+    console.print(format_plan(plan), highlight=False)
 
 
 def _render(console, result) -> None:
@@ -44,3 +56,12 @@ def _render(console, result) -> None:
         if key in s:
             value = s[key]
             console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    for task, loss in (s.get("final_val_loss_per_task") or {}).items():
+        console.print(f"  val_loss/{task}: {loss:.4g}")
+    for stage in s.get("stages") or []:
+        loss = stage.get("final_train_loss")
+        console.print(f"  stage {stage['index']} {stage['name']} ({stage['objective']}, {stage['method']}): "
+                      f"{stage['status']}{' (reused)' if stage['skipped_on_resume'] else ''}, {stage['steps']} steps"
+                      + (f", train loss {loss:.4g}" if isinstance(loss, float) else ""))
+    if (s.get("artifact") or {}).get("kind"):
+        console.print(f"  artifact: {s['artifact']['kind']} in {result.run_dir}")

@@ -103,7 +103,13 @@ def epoch_steps(
     """Example indices of every optimizer step of one epoch, a pure function of (seed, epoch): resuming
     only needs the epoch and the step reached. The last step may be smaller (its loss is still a token mean)."""
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
+    return steps_from_order(rng.permutation(len(lengths)), lengths, step_size, rng, bucket=bucket)
+
+
+def steps_from_order(order: np.ndarray, lengths: Sequence[int], step_size: int, rng: np.random.Generator, *,
+                     bucket: bool) -> list[list[int]]:
+    """Cut an epoch's shuffled example order into steps (an index may repeat: mixtures upsample). With
+    bucketing, each window of steps is sorted by length and the steps are shuffled again."""
     if not bucket:
         return [order[i : i + step_size].tolist() for i in range(0, len(order), step_size)]
     window = step_size * BUCKET_WINDOW_STEPS

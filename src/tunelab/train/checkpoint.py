@@ -108,6 +108,9 @@ def describe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list
 def check_compatible(saved: dict[str, Any], identity: dict[str, Any], where: Path) -> None:
     """Raise saying exactly what differs when a checkpoint belongs to another config or dataset."""
     problems = describe_differences(saved.get("sections", {}), identity["sections"])
+    if saved.get("world_size", 1) != identity.get("world_size", 1):
+        problems.append(f"processes: checkpoint {saved.get('world_size', 1)}, now {identity.get('world_size', 1)} "
+                        "(the global batch, and so every step, depends on the number of processes)")
     if saved.get("dataset_hash") != identity["dataset_hash"]:
         problems.append(
             f"dataset hash: checkpoint {saved.get('dataset_hash')}, now {identity['dataset_hash']} "

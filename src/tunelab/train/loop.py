@@ -8,6 +8,10 @@ so the accumulated gradient is that of the token-mean loss over the step, howeve
 Evaluation, checkpoints, early stopping and Ctrl-C are handled between steps, never inside one, so a
 checkpoint always holds a consistent state (weights, optimizer, scheduler, RNG and data position after
 a whole step).
+
+Validation loss is the token mean over the validation split; when examples carry task names (mixtures,
+or records with a `task` field) it is also reported per task as `val_loss/<task>`. Under several
+processes (distributed.py) each step's examples are shared out and the gradients summed; see there.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 from ..config import TrainConfig
 from .batching import Example, Layout, epoch_steps, eval_batches, micro_batches
 from .checkpoint import TrainState, rng_state, set_rng_state
+from .distributed import Dist, shard
 from .loss import LossHead
 
 Event = dict[str, Any]
@@ -54,10 +59,18 @@ class LoopSetup:
     scaler: Any = None
     best: dict[str, torch.Tensor] | None = None
     updating: bool = False  # inside optimizer/scheduler updates: an interrupt here is not resumable
+    epoch_plan: Callable[[int], list[list[int]]] | None = None  # a mixture's steps of an epoch
+    dist: Dist | None = None  # several processes: this one's rank and the collectives
+    generate_eval: Callable[[], dict[str, Any]] | None = None  # ROUGE-L of generated answers
+
+    @property
+    def world(self) -> int:
+        return self.dist.world if self.dist is not None else 1
 
     @property
     def step_size(self) -> int:
-        return self.cfg.batch_size * self.cfg.grad_accum
+        """Examples per optimizer step over all processes (the global batch)."""
+        return self.cfg.batch_size * self.cfg.grad_accum * self.world
 
     @property
     def bucket(self) -> bool:
@@ -80,9 +93,9 @@ class StepResult:
     loss_tokens: int
 
 
-def count_steps(n_examples: int, cfg: TrainConfig) -> tuple[int, int]:
+def count_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int]:
     """(steps per epoch, total steps): max_steps wins over epochs; fractional epochs round up."""
-    per_epoch = max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum)))
+    per_epoch = max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum * world)))
     total = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * per_epoch))
     return per_epoch, total
 
@@ -90,12 +103,13 @@ def count_steps(n_examples: int, cfg: TrainConfig) -> tuple[int, int]:
 def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
     examples = setup.train
     lengths = [len(e) for e in examples]
+    # Every process knows the whole step's examples, so each divides by the global loss-token count.
     step_loss_tokens = sum(examples[i].n_loss_tokens for i in indices)
     denominator = max(1, step_loss_tokens)
     setup.model.train()
     total_nll = 0.0
     tokens = 0
-    for group in micro_batches(indices, setup.cfg.batch_size, lengths, bucket=setup.bucket):
+    for group in micro_batches(shard(indices, setup.dist), setup.cfg.batch_size, lengths, bucket=setup.bucket):
         batch = setup.layout.collate([examples[i] for i in group]).to(setup.device)
         with setup.autocast():
             nll = setup.head.nll_sum(batch)
@@ -103,6 +117,10 @@ def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
         (setup.scaler.scale(loss) if setup.scaler is not None else loss).backward()
         total_nll += float(nll.detach())
         tokens += batch.n_tokens
+    if setup.dist is not None:
+        setup.dist.all_reduce_grads(setup.params.values())
+        total_nll, tokens_sum = setup.dist.sum([total_nll, tokens])
+        tokens = int(tokens_sum)
     lr = float(setup.optimizer.param_groups[0]["lr"])
     setup.updating = True
     if setup.scaler is not None:
@@ -123,18 +141,42 @@ def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, head: LossHead, examples: list[Example], layout: Layout, device: torch.device,
-             autocast: Callable[[], AbstractContextManager], tokens_per_batch: int) -> dict[str, float]:
-    """Token-level validation loss over the loss tokens and its perplexity exp(mean token NLL)."""
+             autocast: Callable[[], AbstractContextManager], tokens_per_batch: int,
+             dist: Dist | None = None) -> dict[str, float]:
+    """Token-level validation loss over the loss tokens and its perplexity exp(mean token NLL); per task
+    too (val_loss/<task>, val_ppl/<task>) when the examples carry task names."""
     model.eval()
-    nll = 0.0
-    count = 0
-    for batch in eval_batches(examples, layout, tokens_per_batch):
-        batch = batch.to(device)
-        with autocast():
-            nll += float(head.nll_sum(batch))
-        count += batch.n_loss_tokens
-    loss = nll / max(1, count)
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_loss_tokens": count}
+    tasks = sorted({e.task for e in examples if e.task is not None})
+    groups = {t: [e for e in examples if e.task == t] for t in tasks} if tasks else {None: list(examples)}
+    untagged = [e for e in examples if e.task is None]
+    if tasks and untagged:
+        groups[None] = untagged
+    sums: list[float] = []
+    for group in groups.values():
+        batches = eval_batches(group, layout, tokens_per_batch)
+        if dist is not None:
+            batches = batches[dist.rank :: dist.world]
+        nll = 0.0
+        count = 0
+        for batch in batches:
+            batch = batch.to(device)
+            with autocast():
+                nll += float(head.nll_sum(batch))
+            count += batch.n_loss_tokens
+        sums += [nll, count]
+    if dist is not None:
+        sums = dist.sum(sums)
+    total_nll, total_count = sum(sums[0::2]), int(sum(sums[1::2]))
+    loss = total_nll / max(1, total_count)
+    out: dict[str, float] = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_loss_tokens": total_count}
+    if tasks:
+        for i, task in enumerate(groups):
+            if task is None:
+                continue
+            task_loss = sums[2 * i] / max(1, sums[2 * i + 1])
+            out[f"val_loss/{task}"] = task_loss
+            out[f"val_ppl/{task}"] = math.exp(min(task_loss, 50.0))
+    return out
 
 
 def _snapshot(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
@@ -166,7 +208,7 @@ def _eval_row(setup: LoopSetup, state: TrainState) -> dict[str, Any]:
     tokens_per_batch = setup.layout.capacity * max(setup.cfg.batch_size, 8)
     started = time.perf_counter()
     result = evaluate(setup.model, setup.head, setup.val, setup.layout, setup.device, setup.autocast,
-                      tokens_per_batch)
+                      tokens_per_batch, setup.dist)
     row = {"step": state.step, "epoch": state.epoch, **result, "eval_seconds": time.perf_counter() - started}
     return row
 
@@ -206,8 +248,14 @@ def run_loop(setup: LoopSetup, state: TrainState) -> LoopOutcome:
     last_flush = time.monotonic()
     setup.emit({"event": "start", "step": state.step, "total_steps": setup.total_steps,
                 "steps_per_epoch": setup.steps_per_epoch})
+    if setup.dist is not None:
+        setup.dist.check_same(setup.total_steps, "the number of steps")
+        setup.dist.check_same(state.step, "the step to start from")
     while state.step < setup.total_steps:
-        steps = epoch_steps(lengths, setup.step_size, seed=cfg.seed, epoch=state.epoch, bucket=setup.bucket)
+        if setup.epoch_plan is not None:
+            steps = setup.epoch_plan(state.epoch)
+        else:
+            steps = epoch_steps(lengths, setup.step_size, seed=cfg.seed, epoch=state.epoch, bucket=setup.bucket)
         while state.step_in_epoch < len(steps) and state.step < setup.total_steps:
             started, cpu_started = time.perf_counter(), time.process_time()
             rng_before = rng_state()  # a step interrupted halfway must not leave its dropout draws behind
@@ -248,7 +296,13 @@ def run_loop(setup: LoopSetup, state: TrainState) -> LoopOutcome:
                 state.log.append({"event": "eval", **last_eval})
                 setup.emit({"event": "eval", **last_eval})
                 stop = _early_stop_update(setup, state, last_eval["val_loss"])
+            if setup.generate_eval is not None and _due(cfg.eval_generate_every, state.step, False):
+                generated = {"event": "eval_generate", "step": state.step, **setup.generate_eval()}
+                state.log.append(generated)
+                setup.emit(generated)
             interrupted = setup.stop_requested()
+            if setup.dist is not None:
+                interrupted = setup.dist.any(interrupted)  # all processes stop after the same step
             if _due(cfg.save_every, state.step, epoch_end) or final or stop or interrupted:
                 path = setup.save(state, setup.best)
                 setup.emit({"event": "checkpoint", "step": state.step, "path": str(path)})

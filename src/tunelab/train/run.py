@@ -1,4 +1,8 @@
-"""`run(config)`: one training stage from an experiment config to a run directory.
+"""`run(config)`: a training run from an experiment config to a run directory.
+
+A config with `stages:` is handed to stages.run_stages (sequential fine-tuning, one run per stage);
+a config with `mixture:` trains on several task datasets sampled by weight (mixture.py). Under a
+multi-process launcher the run is data-parallel (distributed.py). What follows is one stage.
 
 Order: prepare `config.data` into `<run_dir>/data` (reused while its options and inputs are unchanged)
 -> load the tokenizer (the chat template override applied) -> render the train and validation splits
@@ -13,7 +17,8 @@ dry run, measure and plan) -> write the run directory:
 Every file is written atomically. The CPU path: threads set to the physical cores, bf16 autocast only
 where bf16 pays (avx512_bf16/AMX or a bf16 GPU), no DataLoader workers (they steal the cores), optional
 regional torch.compile of the decoder layers. TUNELAB_THREADS overrides the thread count (on a machine
-shared with other jobs, fewer threads than cores avoids OpenMP threads spinning against each other).
+shared with other jobs, fewer threads than cores avoids OpenMP threads spinning against each other);
+processes launched together on one machine share its cores.
 """
 
 from __future__ import annotations
@@ -36,11 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ExperimentConfig, save_resolved
+from ..config import DataConfig, ExperimentConfig, save_resolved
 from ..errors import TunelabError
 from ..io import write_json, write_jsonl, write_text
 from .batching import Layout
 from .checkpoint import FINGERPRINT_SECTIONS, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import Dist
+from .distributed import setup as setup_distributed
 from .loop import LoopSetup, count_steps, run_loop
 from .loss import base_causal_lm, loss_head
 from .methods import (
@@ -86,17 +93,22 @@ def _inputs_newer_than(paths: list[Path], stamp: float) -> bool:
 def prepare_dataset(config: ExperimentConfig, out_dir: Path) -> dict[str, Any]:
     """Prepare config.data into out_dir unless a dataset made with the same options from unchanged
     inputs is already there; returns its manifest."""
+    return prepare_data(config.data, out_dir)
+
+
+def prepare_data(data: DataConfig, out_dir: Path) -> dict[str, Any]:
+    """prepare_dataset for one data section (a mixture prepares each task's this way)."""
     from ..data.prepare import MANIFEST, load_manifest
     from ..data.prepare import run as prepare
 
-    options = json.loads(config.data.model_dump_json())
+    options = json.loads(data.model_dump_json())
     manifest_file = out_dir / MANIFEST
     if manifest_file.is_file():
         manifest = load_manifest(out_dir)
-        inputs = list(config.data.train) + ([config.data.eval] if config.data.eval else [])
+        inputs = list(data.train) + ([data.eval] if data.eval else [])
         if manifest.get("options") == options and not _inputs_newer_than(inputs, manifest_file.stat().st_mtime):
             return manifest
-    return prepare(config.data, out_dir).manifest
+    return prepare(data, out_dir).manifest
 
 
 def _load_split_if_any(dataset_dir: Path, split: str) -> list:
@@ -132,20 +144,54 @@ def load_base_model(config: ExperimentConfig, quantized: bool, device: str):
     return load_model(config.model.name, dtype=dtype, device=device)
 
 
-def build_model(config: ExperimentConfig, device: torch.device | None = None) -> tuple[Any, list[str] | None]:
+def build_model(config: ExperimentConfig, device: torch.device | None = None,
+                start_adapter: Path | None = None) -> tuple[Any, list[str] | None]:
     """Seed, load the base model for the method and adapt it: the exact starting point of a run.
+    start_adapter: a saved adapter of the same method and shape to continue from (a previous stage's).
     Returns (model, resolved LoRA target modules or None)."""
     method = get_method(config.method.name)
     device = device or _device(config)
     _seed_everything(config.train.seed)
     model = load_base_model(config, method.quantized, str(device))
     targets = resolve_targets(model, config.method) if method.name in ("lora", "dora", "qlora") else None
-    return method.apply(model, config.method), targets
+    model = method.apply(model, config.method)
+    if start_adapter is not None:
+        load_adapter_weights(model, start_adapter)
+    return model, targets
 
 
-def _device(config: ExperimentConfig) -> torch.device:
+def load_adapter_weights(model, adapter_dir: Path) -> None:
+    """Put a saved adapter's weights into a freshly adapted model; every adapter weight must match."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    weights = load_peft_weights(str(adapter_dir), device=str(next(model.parameters()).device))
+    expected = set(get_peft_model_state_dict(model))
+    if set(weights) != expected:
+        odd = sorted(set(weights) ^ expected)[:5]
+        raise TunelabError(f"the adapter in {adapter_dir} does not fit this stage's method (differing weights: "
+                           f"{', '.join(odd)}); stages that continue an adapter need the same method settings")
+    set_peft_model_state_dict(model, weights)
+
+
+def weights_digest(params: dict[str, torch.nn.Parameter]) -> str:
+    """sha256 over the names and exact bytes of the given tensors (a stage's start and end weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(params):
+        tensor = params[name].detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _device(config: ExperimentConfig, dist: Dist | None = None) -> torch.device:
     from ..models.loading import resolve_device
 
+    if dist is not None:
+        return dist.device  # one GPU per process (cuda:<local rank>) or the CPU
     return torch.device(resolve_device(config.model.device))
 
 
@@ -171,10 +217,11 @@ def precision_for(choice: str, device: torch.device) -> tuple[str, Callable[[], 
     return choice, lambda: torch.autocast(device.type, dtype=dtype), scaler, warnings
 
 
-def _threads() -> int:
+def _threads(dist: Dist | None = None) -> int:
     from ..models.hardware import physical_cores
 
-    cores = int(os.environ.get("TUNELAB_THREADS", 0)) or physical_cores()
+    share = physical_cores() // (dist.local_world if dist is not None else 1)
+    cores = int(os.environ.get("TUNELAB_THREADS", 0)) or max(1, share)
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
     return cores
@@ -261,7 +308,7 @@ def graceful_interrupt() -> Iterator[Callable[[], bool]]:
 
 
 def _mean_tail(rows: list[dict[str, Any]], key: str, fraction: float = 0.1) -> float | None:
-    values = [r[key] for r in rows if key in r and r.get("event") != "eval"]
+    values = [r[key] for r in rows if key in r and r.get("event") is None]
     if not values:
         return None
     tail = values[-max(1, int(len(values) * fraction)) :]
@@ -285,19 +332,37 @@ class _Session:
     threads: int
     warnings: list[str]
     targets: list[str] | None
+    dataset_hash: str = ""
+    mixture: dict[str, Any] | None = None
+    start_digest: str | None = None
+    dist: Dist | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
 
 
-def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[], bool]) -> _Session:
-    cfg = config.train
+def _data(config: ExperimentConfig, tokenizer, dist: Dist | None):
+    """(train, val, train stats, val stats, manifest, dataset hash, epoch plan, mixture summary, val records)."""
     run_dir = Path(config.run_dir)
-    method = get_method(config.method.name)
-    objective = get_objective(cfg.objective)
-    device = _device(config)
-    threads = _threads()
-    precision, autocast, scaler, warnings = precision_for(cfg.precision, device)
+    objective = get_objective(config.train.objective)
+    first = dist.main_first() if dist is not None else contextlib.nullcontext()
+    if config.mixture:
+        from .mixture import build_mixture
 
-    manifest = prepare_dataset(config, run_dir / "data")
-    tokenizer = load_tokenizer_for(config)
+        with first:  # rank 0 prepares, the others then find the prepared data unchanged
+            mix, train_stats, val_stats = build_mixture(config.mixture, config.data, run_dir / "data", objective,
+                                                        tokenizer, config.train.seed, prepare_data)
+        val_records = [r for t in config.mixture for r in _load_split_if_any(run_dir / "data" / t.task, "validation")]
+        manifest = {"dataset_hash": mix.dataset_hash, "tasks": mix.manifests}
+
+        def plan(epoch: int, step_size: int, bucket: bool) -> list[list[int]]:
+            return mix.epoch_steps(epoch, step_size, bucket)
+
+        return (mix.train, mix.val, train_stats, val_stats, manifest, mix.dataset_hash, plan, mix.summary(),
+                val_records)
+    with first:
+        manifest = prepare_dataset(config, run_dir / "data")
     max_length = config.data.max_length
     train, train_stats = objective.build(_load_split_if_any(run_dir / "data", "train"), tokenizer, max_length)
     val_records = _load_split_if_any(run_dir / "data", "validation")
@@ -305,37 +370,71 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
     if not train:
         raise TunelabError("no training example has a token in the loss after rendering; check data.max_length "
                            "and that chat records end with an assistant reply")
+    return train, val, train_stats, val_stats, manifest, manifest["dataset_hash"], None, None, val_records
+
+
+def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[], bool], dist: Dist | None = None,
+           start_adapter: Path | None = None) -> _Session:
+    cfg = config.train
+    run_dir = Path(config.run_dir)
+    method = get_method(config.method.name)
+    device = _device(config, dist)
+    threads = _threads(dist)
+    precision, autocast, scaler, warnings = precision_for(cfg.precision, device)
+
+    tokenizer = load_tokenizer_for(config)
+    train, val, train_stats, val_stats, manifest, dataset_hash, plan, mixture, val_records = _data(
+        config, tokenizer, dist)
+    max_length = config.data.max_length
     warnings += train_stats["warnings"]
 
-    model, targets = build_model(config, device)
+    model, targets = build_model(config, device, start_adapter)
+    params = trainable_parameters(model)
+    if dist is not None:
+        dist.broadcast_params(params.values())  # every process starts from rank 0's weights
+    start_digest = weights_digest(params) if method.adapter else None
     if cfg.compile:
         _compile_layers(model)
-    params = trainable_parameters(model)
     if cfg.packing and not method.packing:
         warnings.append(f"method {method.name}: PEFT drops position ids for it, so examples are length-bucketed "
                         "instead of packed")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     layout = Layout(packing=cfg.packing and method.packing, capacity=max_length, pad_id=int(pad_id),
                     with_mask=not method.packing)
-    steps_per_epoch, total_steps = count_steps(len(train), cfg)
+    world = dist.world if dist is not None else 1
+    steps_per_epoch, total_steps = count_steps(len(train), cfg, world)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, config.method.embedding_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
-    identity = _identity(config, manifest["dataset_hash"])
+    identity = _identity(config, dataset_hash)
+    identity["world_size"] = world  # the global batch and the data order depend on it
+    is_main = dist is None or dist.is_main
 
-    def save(state: TrainState, best: dict[str, torch.Tensor] | None) -> Path:
+    def save(state: TrainState, best: dict[str, torch.Tensor] | None) -> Path | None:
+        if not is_main:
+            return None
         return save_checkpoint(run_dir, params=params, optimizer=optimizer, scheduler=scheduler, state=state,
                                identity=identity, keep_last=cfg.keep_last, best=best, scaler=scaler)
 
     def flush_log(rows: list[dict[str, Any]]) -> None:
-        write_jsonl(run_dir / "train_log.jsonl", rows)
+        if is_main:
+            write_jsonl(run_dir / "train_log.jsonl", rows)
 
+    generate_eval = None
+    if cfg.eval_generate_every and is_main:
+        from .gen_eval import make_generate_eval
+
+        generate_eval = make_generate_eval(model, tokenizer, val_records, cfg.eval_generate_n,
+                                           cfg.eval_generate_max_new_tokens, threads)
     setup = LoopSetup(
         model=model, head=None, optimizer=optimizer, scheduler=scheduler, params=params, train=train, val=val,  # type: ignore[arg-type]
         layout=layout, cfg=cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch, device=device,
-        autocast=autocast, emit=emit, save=save, flush_log=flush_log, stop_requested=stop_requested, scaler=scaler,
+        autocast=autocast, emit=emit if is_main else (lambda _e: None), save=save, flush_log=flush_log,
+        stop_requested=stop_requested, scaler=scaler, dist=dist, generate_eval=generate_eval,
     )
+    if plan is not None:
+        setup.epoch_plan = lambda epoch: plan(epoch, setup.step_size, setup.bucket)
     return _Session(setup, model, tokenizer, manifest, train_stats, val_stats, precision, threads, warnings,
-                    targets)
+                    targets, dataset_hash, mixture, start_digest, dist)
 
 
 def _restore(config: ExperimentConfig, session: _Session) -> TrainState:
@@ -344,8 +443,10 @@ def _restore(config: ExperimentConfig, session: _Session) -> TrainState:
     if path is None:
         raise TunelabError(f"nothing to resume: {run_dir / 'checkpoints'} has no checkpoint; run without --resume")
     setup = session.setup
+    identity = _identity(config, session.dataset_hash)
+    identity["world_size"] = setup.world
     restored = load_checkpoint(path, params=setup.params, optimizer=setup.optimizer, scheduler=setup.scheduler,
-                               identity=_identity(config, session.manifest["dataset_hash"]), scaler=setup.scaler)
+                               identity=identity, scaler=setup.scaler)
     setup.best = restored.best
     return restored.state
 
@@ -355,8 +456,10 @@ def _summary(config: ExperimentConfig, session: _Session, state: TrainState, sta
     from ..models.templates import template_info
 
     trainable, total = count_parameters(session.model)
-    steps = [r for r in state.log if r.get("event") != "eval"]
-    return {
+    steps = [r for r in state.log if "loss" in r and r.get("event") is None]
+    generated = [r for r in state.log if r.get("event") == "eval_generate"]
+    per_task = {k: v for k, v in (last_eval or {}).items() if k.startswith(("val_loss/", "val_ppl/"))}
+    summary = {
         "status": status,
         "name": config.name,
         "method": config.method.name,
@@ -382,7 +485,7 @@ def _summary(config: ExperimentConfig, session: _Session, state: TrainState, sta
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "trainable_params": trainable,
         "total_params": total,
-        "dataset_hash": session.manifest["dataset_hash"],
+        "dataset_hash": session.dataset_hash,
         "data": {"train": session.train_stats, "validation": session.val_stats},
         "template": template_info(session.tokenizer),
         "precision": session.precision,
@@ -392,17 +495,42 @@ def _summary(config: ExperimentConfig, session: _Session, state: TrainState, sta
         "compile": config.train.compile,
         "artifact": artifact,
         "warnings": session.warnings,
+        "world_size": session.setup.world,
+        "global_batch": session.setup.step_size,
+        "start_weights_sha256": session.start_digest,
     }
+    if per_task:
+        summary["final_val_loss_per_task"] = {k.split("/", 1)[1]: v for k, v in per_task.items()
+                                              if k.startswith("val_loss/")}
+    if session.mixture is not None:
+        summary["mixture"] = session.mixture
+    if generated:
+        summary["final_generate_rougeL"] = generated[-1]["rougeL"]
+    return summary
 
 
 def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False,
         callback: Callback | None = None, progress: bool = True) -> TrainResult:
-    """Train one stage as the config says; see the module docstring for what is written where.
+    """Train as the config says; see the module docstring for what is written where.
 
-    resume: continue from the latest checkpoint (same config and data, else TunelabError).
+    resume: continue from the latest checkpoint (same config and data, else TunelabError); with stages,
+    completed stages are skipped.
     dry_run: build everything, measure a couple of micro-batches, return the plan; nothing is trained.
-    callback: receives every loop event (start, step, eval, checkpoint, end) as a dict.
+    callback: receives every loop event (start, step, eval, eval_generate, checkpoint, end; with stages also
+    stage) as a dict.
     """
+    dist = setup_distributed(config.model.device)
+    if config.stages:
+        from .stages import run_stages
+
+        return run_stages(config, resume=resume, dry_run=dry_run, callback=callback, progress=progress, dist=dist)
+    return train_one(config, resume=resume, dry_run=dry_run, callback=callback, progress=progress, dist=dist)
+
+
+def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False,
+              callback: Callback | None = None, progress: bool = True, dist: Dist | None = None,
+              start_adapter: Path | None = None) -> TrainResult:
+    """One stage (config.stages is ignored): start_adapter continues a previous stage's adapter."""
     from .plan import build_plan
 
     started = time.perf_counter()
@@ -412,9 +540,10 @@ def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False
             f"{run_dir} already holds checkpoints of an earlier run: pass --resume to continue it, or pick "
             "another experiment name (or remove the directory) to start over"
         )
-    bar = RichProgress(config.name) if progress and not dry_run else None
-    emit = fan_out(bar, callback)
-    session = _build(config, emit, lambda: False)
+    is_main = dist is None or dist.is_main
+    bar = RichProgress(config.name) if progress and not dry_run and is_main else None
+    emit = fan_out(bar, callback) if is_main else (lambda _event: None)
+    session = _build(config, emit, lambda: False, dist, start_adapter)
     setup = session.setup
     with loss_head(session.model, virtual_tokens(session.model)) as head:
         setup.head = head
@@ -429,7 +558,8 @@ def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False
             )
             plan["warnings"] = session.warnings
             return TrainResult(run_dir, "planned", plan=plan)
-        save_resolved(config, run_dir)
+        if is_main:
+            save_resolved(config, run_dir)
         state = _restore(config, session) if resume else TrainState()
         # Only the loop turns Ctrl-C into "checkpoint and stop"; while loading, Ctrl-C aborts at once.
         with graceful_interrupt() as stop_requested:
@@ -439,13 +569,18 @@ def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False
             finally:
                 if bar is not None:
                     bar.close()
+    adapter = get_method(config.method.name).adapter
     artifact = None
-    if outcome.status != "interrupted":
-        artifact = save_artifacts(run_dir, session.model, session.tokenizer, get_method(config.method.name).adapter)
+    if outcome.status != "interrupted" and is_main:
+        artifact = save_artifacts(run_dir, session.model, session.tokenizer, adapter)
     summary = _summary(config, session, outcome.state, outcome.status, outcome.last_eval,
                        time.perf_counter() - started, artifact)
-    write_json(run_dir / "summary.json", summary)
-    if session.tokenizer.chat_template and artifact is None:
-        write_text(run_dir / "chat_template.jinja", session.tokenizer.chat_template)
+    summary["end_weights_sha256"] = weights_digest(setup.params) if adapter else None
+    if is_main:
+        write_json(run_dir / "summary.json", summary)
+        if session.tokenizer.chat_template and artifact is None:
+            write_text(run_dir / "chat_template.jinja", session.tokenizer.chat_template)
     emit({"event": "end", "status": outcome.status, "step": outcome.state.step})
+    if dist is not None:
+        dist.barrier()  # the others may read what rank 0 just wrote (a next stage starts from it)
     return TrainResult(run_dir, outcome.status, summary, model=session.model)
