@@ -209,6 +209,17 @@ class RagConfig(Section):
     chunk_tokens: int = Field(256, gt=0)
     chunk_overlap: int = Field(32, ge=0)
     embedding_model: str = "all-minilm-l6-v2"
+    context_tokens: int = Field(600, gt=0, description="Prompt budget for retrieved chunks, in the generating "
+                                "model's tokens; a chunk that does not fit whole is left out.")
+    prompt_template: Path | None = Field(None, description="A RAG prompt template file; default: tunelab's "
+                                         "versioned one (placeholders {context} and {question}).")
+    index_dir: Path | None = Field(None, description="Where the index lives; default: <run_dir>/rag-index.")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RagConfig:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})")
+        return self
 
 
 # -------------------------------------------------------------------------------------------- tracking

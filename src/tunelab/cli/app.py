@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from . import config_cmd, data_cmd, models_cmd
+from . import config_cmd, data_cmd, models_cmd, rag_cmd
 from .eval_cmd import evaluate
 from .quickstart_cmd import quickstart
 from .train_cmd import train
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(rag_cmd.app, name="rag")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("quickstart")(quickstart)
