@@ -1,0 +1,157 @@
+"""A tunelab model run in-process as a backend: `local:MODEL` or `local:MODEL+ADAPTER_DIR`.
+
+Conversations go through tunelab's batched Generator (the same engine `tunelab eval` decodes with),
+rendered with the model's chat template. The model loads on the first call that needs it, so a run
+whose every answer is already in the call cache never loads it. A local model cannot be forced to
+emit JSON; `json_mode` is accepted and ignored, and the structured layer validates and retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import TunelabError
+from .spec import GENERATION_ERROR, BackendSpec, Completion, Conversation, OnResult
+
+OPTIONS = ("batch_size", "dtype", "device", "threads", "chat_template")
+
+
+class LocalBackend:
+    """Generation with a local model (and optional PEFT adapter) through tunelab's Generator.
+
+    `model_obj`/`tokenizer` may be given to reuse a model already in memory (then `model` is only
+    its name for records and the cache)."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        model: str,
+        adapter: str | Path | None = None,
+        *,
+        batch_size: int = 16,
+        dtype: str = "auto",
+        device: str = "cpu",
+        threads: int | None = None,
+        chat_template: bool = True,
+        model_obj: Any = None,
+        tokenizer: Any = None,
+    ):
+        if batch_size < 1:
+            raise TunelabError(f"batch_size must be at least 1 (got {batch_size})")
+        self.model = model
+        self.adapter = Path(adapter).expanduser().resolve() if adapter else None
+        if self.adapter is not None and not (self.adapter / "adapter_config.json").is_file():
+            raise TunelabError(f"{self.adapter}: no adapter_config.json; is it an adapter directory?")
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.device = device
+        self.threads = threads
+        self.chat_template = chat_template
+        self.name = f"local:{model}" + (f"+{self.adapter}" if self.adapter else "")
+        self._model, self._tokenizer = model_obj, tokenizer
+        self._generator: Any = None
+        self._lock = threading.Lock()  # one generation at a time: the model is not re-entrant
+        self.adapter_report: dict[str, Any] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        ident: dict[str, Any] = {"kind": self.kind, "model": _model_id(self.model), "dtype": self.dtype,
+                                 "chat_template": self.chat_template}
+        if self.adapter is not None:
+            # The weights' hash, not just the path: retraining into the same directory must miss the cache.
+            ident["adapter"] = str(self.adapter)
+            ident["adapter_sha256"] = _adapter_digest(self.adapter)
+        return ident
+
+    def _load(self) -> Any:
+        if self._generator is None:
+            from ..evaluate.generate import Generator
+
+            if self._model is None:
+                from ..evaluate.adapter_checks import load_with_adapter
+
+                self._model, self._tokenizer, report = load_with_adapter(
+                    self.model, self.adapter, dtype=self.dtype, device=self.device
+                )
+                self.adapter_report = report.to_dict() if report is not None else None
+            self._generator = Generator(self._model, self._tokenizer, chat_template=self.chat_template,
+                                        threads=self.threads)
+        return self._generator
+
+    def _generate(self, gen: Any, chunk: list[Conversation], cfg: Any) -> list[Completion]:
+        """Answers for one chunk; when the chunk fails (a prompt longer than the context), each item is
+        tried alone so only the bad ones fail."""
+        try:
+            return _answers(gen.generate(chunk, cfg))
+        except TunelabError:
+            pass  # length checks fail before any decoding, so trying each alone costs little
+        out = []
+        for conv in chunk:
+            t0 = time.perf_counter()
+            try:
+                out.extend(_answers(gen.generate([conv], cfg)))
+            except TunelabError as exc:
+                out.append(Completion.failure(GENERATION_ERROR, f"{self.name}: {exc}", time.perf_counter() - t0))
+        return out
+
+    def complete(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        json_mode: bool = False,
+        on_result: OnResult | None = None,
+    ) -> list[Completion]:
+        from ..evaluate.generate import GenerationConfig
+
+        if not conversations:
+            return []
+        cfg = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, stop=list(stop or []),
+                               seed=seed or 0, batch_size=self.batch_size)
+        with self._lock:
+            gen = self._load()
+            results: list[Completion] = []
+            # Chunks of a few batches: answers reach on_result (and the cache) as they are made.
+            step = self.batch_size * 4
+            for start in range(0, len(conversations), step):
+                chunk = [list(c) for c in conversations[start : start + step]]
+                for j, comp in enumerate(self._generate(gen, chunk, cfg)):
+                    results.append(comp)
+                    if on_result is not None:
+                        on_result(start + j, comp)
+        return results
+
+
+def _answers(outs: list[Any]) -> list[Completion]:
+    return [Completion(text=o.text, finish_reason=o.finish_reason, latency_s=o.latency_s,
+                       prompt_tokens=o.n_prompt_tokens, completion_tokens=o.n_new_tokens) for o in outs]
+
+
+def _model_id(model: str) -> str:
+    """A bundled name or hub id as given; a path made absolute, so `./m` and `/abs/m` share a cache."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def _adapter_digest(adapter: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        file = adapter / name
+        if file.is_file():
+            h.update(name.encode())
+            with open(file, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def build(spec: BackendSpec, **options: Any) -> LocalBackend:
+    return LocalBackend(spec.model, spec.adapter, **options)

@@ -1,0 +1,157 @@
+"""JSON-constrained calls: ask for a JSON object matching a pydantic model, validate, retry what failed.
+
+    class Rating(BaseModel):
+        reason: str
+        score: int = Field(ge=1, le=5)
+
+    results = complete_structured(backend, conversations, Rating, retries=2)
+    for r in results:
+        r.value if r.ok else (r.error_kind, r.error)
+
+Small local models often wrap JSON in code fences, add a sentence before it, or get a field wrong.
+The reply's first JSON object is extracted (fences and surrounding prose tolerated) and validated;
+an item that fails is asked again, with its own bad reply and the validation error appended to the
+conversation, up to `retries` more times, and only failing items are re-sent. After that it is a
+failure with its reason: invalid_json, schema_mismatch, or the transport's (http_error, timeout,
+connection_error, invalid_response, generation_error). There is never a silent default value.
+Transport failures are not retried here: the HTTP backend already retried them with backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .spec import Backend, Conversation
+
+INVALID_JSON = "invalid_json"
+SCHEMA_MISMATCH = "schema_mismatch"
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+
+
+@dataclass
+class StructuredResult:
+    value: BaseModel | None
+    text: str | None  # the last reply, as the model wrote it
+    error_kind: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    latency_s: float = 0.0  # summed over attempts
+    cached: bool = False  # every attempt came from the call cache
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None and self.error_kind is None
+
+
+def extract_json(text: str) -> Any:
+    """The JSON object in a reply: the whole text, else the inside of a code fence, else the first
+    `{...}` that parses. Raises ValueError saying what was wrong."""
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError("the reply is empty")
+    candidates = [stripped] + [m.group(1).strip() for m in _FENCE.finditer(stripped)]
+    for cand in candidates:
+        try:
+            return json.loads(cand)
+        except json.JSONDecodeError:
+            pass
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"\{", stripped):
+        try:
+            obj, _ = decoder.raw_decode(stripped, m.start())
+            return obj
+        except json.JSONDecodeError:
+            continue
+    raise ValueError("no JSON object found in the reply")
+
+
+def parse_reply(text: str, schema: type[BaseModel]) -> tuple[BaseModel | None, str | None, str | None]:
+    """(value, error_kind, error) for one reply."""
+    try:
+        obj = extract_json(text)
+    except ValueError as exc:
+        return None, INVALID_JSON, str(exc)
+    if not isinstance(obj, dict):
+        return None, SCHEMA_MISMATCH, f"expected a JSON object, got a JSON {type(obj).__name__}"
+    try:
+        return schema.model_validate(obj), None, None
+    except ValidationError as exc:
+        return None, SCHEMA_MISMATCH, _describe(exc)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(object)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def schema_text(schema: type[BaseModel]) -> str:
+    """A compact JSON schema for prompts."""
+    return json.dumps(schema.model_json_schema(), separators=(",", ":"))
+
+
+def complete_structured(
+    backend: Backend,
+    conversations: Sequence[Conversation],
+    schema: type[BaseModel],
+    *,
+    retries: int = 2,
+    temperature: float = 0.0,
+    max_tokens: int = 512,
+    check: Callable[[int, BaseModel], str | None] | None = None,
+    seed: int | None = None,
+) -> list[StructuredResult]:
+    """Answers to every conversation as `schema` instances (or failures), in input order.
+
+    `check(i, value)` may reject a valid-looking value for item i with a message (e.g. a list whose
+    length must match the question's); a rejection is a schema_mismatch and is retried like one."""
+    n = len(conversations)
+    convs = [list(c) for c in conversations]
+    out: list[StructuredResult] = [StructuredResult(None, None) for _ in range(n)]
+    all_cached = [True] * n
+    pending = list(range(n))
+    for round_no in range(retries + 1):
+        if not pending:
+            break
+        comps = backend.complete([convs[i] for i in pending], temperature=temperature, max_tokens=max_tokens,
+                                 seed=seed, json_mode=True)
+        retry: list[int] = []
+        for i, comp in zip(pending, comps, strict=True):
+            res = out[i]
+            res.attempts += 1
+            res.latency_s += comp.latency_s
+            all_cached[i] = all_cached[i] and comp.cached
+            res.cached = all_cached[i]
+            if not comp.ok:
+                res.value, res.text, res.error_kind, res.error = None, comp.text, comp.error_kind, comp.error
+                continue
+            value, kind, error = parse_reply(comp.text or "", schema)
+            if value is not None and check is not None:
+                problem = check(i, value)
+                if problem:
+                    value, kind, error = None, SCHEMA_MISMATCH, problem
+            res.text = comp.text
+            if value is not None:
+                res.value, res.error_kind, res.error = value, None, None
+                continue
+            res.value, res.error_kind, res.error = None, kind, error
+            if round_no < retries:
+                convs[i] = convs[i] + [
+                    {"role": "assistant", "content": comp.text or ""},
+                    {"role": "user", "content": (
+                        f"That reply could not be used: {error}. Reply again with only one JSON object "
+                        f"that matches this JSON schema, and nothing else: {schema_text(schema)}"
+                    )},
+                ]
+                retry.append(i)
+        pending = retry
+    return out

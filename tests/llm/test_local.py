@@ -1,0 +1,99 @@
+"""The local backend on the tiny model, and the same model served over HTTP through the loopback server."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.llm import CallCache, LocalBackend, OpenAIBackend, backend_from_spec
+
+CONVS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}],
+    [{"role": "user", "content": "How many days of paid leave?"}],
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model_dir):
+    return LocalBackend(str(tiny_model_dir), batch_size=2, threads=1)
+
+
+def test_local_backend_answers_in_order_like_the_generator(local, tiny_model_dir):
+    from tunelab.evaluate.generate import GenerationConfig, Generator
+
+    out = local.complete(CONVS, max_tokens=6)
+    assert all(c.ok and c.error is None and c.latency_s > 0 for c in out)
+    assert all(c.finish_reason in ("stop", "length") and 1 <= c.completion_tokens <= 7 for c in out)
+    assert all(c.prompt_tokens > 5 for c in out)
+    gen = Generator(local._model, local._tokenizer, threads=1)
+    one_by_one = [gen.generate([c], GenerationConfig(max_new_tokens=6, batch_size=1))[0].text for c in CONVS]
+    assert [c.text for c in out] == one_by_one
+    assert local.name == f"local:{tiny_model_dir}"
+
+
+def test_local_backend_reports_each_chunk_and_fails_long_prompts_per_item(local):
+    seen = []
+    long = [{"role": "user", "content": "fox " * 400}]  # beyond the tiny model's 256 positions
+    out = local.complete([CONVS[0], long], max_tokens=3, on_result=lambda i, c: seen.append(i))
+    assert sorted(seen) == [0, 1]
+    assert out[0].ok  # only the prompt that does not fit fails
+    assert out[1].error_kind == "generation_error" and "context is 256" in out[1].error
+
+
+def test_local_spec_with_adapter_and_cache_skips_loading(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1.0)
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    spec = f"local:{tiny_model_dir}+{tmp_path / 'adapter'}"
+    cache = CallCache(tmp_path / "calls")
+    backend = backend_from_spec(spec, cache=cache, threads=1)
+    ident = backend.identity()
+    assert ident["adapter"] == str(tmp_path / "adapter") and len(ident["adapter_sha256"]) == 64
+    first = backend.complete(CONVS[:2], max_tokens=4)
+    assert backend.adapter_report["changes_outputs"] is True
+    fresh = backend_from_spec(spec, cache=cache, threads=1)
+    again = fresh.complete(CONVS[:2], max_tokens=4)
+    assert [c.text for c in again] == [c.text for c in first] and all(c.cached for c in again)
+    assert fresh.backend._generator is None  # every answer came from the cache: the model never loaded
+
+    # Retraining into the same directory changes the weights' hash, so the cache misses.
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(2)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert backend_from_spec(spec, threads=1).identity()["adapter_sha256"] != ident["adapter_sha256"]
+
+
+def test_tiny_model_served_over_http_matches_the_local_backend(server, local):
+    from tunelab.evaluate.generate import GenerationConfig
+
+    def serve(body):
+        cfg = GenerationConfig(max_new_tokens=body["max_tokens"], temperature=body["temperature"], batch_size=1)
+        gen = local._load()
+        return gen.generate([body["messages"]], cfg)[0].text
+
+    server.responder = serve
+    remote = OpenAIBackend("tiny", server.base_url, concurrency=2)
+    over_http = remote.complete(CONVS, max_tokens=5)
+    direct = local.complete(CONVS, max_tokens=5)
+    assert [c.text for c in over_http] == [c.text for c in direct]
+    assert all(c.ok and c.attempts == 1 for c in over_http)
