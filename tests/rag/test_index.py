@@ -182,3 +182,13 @@ def test_handbook_retrieval(tmp_path: Path, minilm):
     print({name: round(v, 3) for name, v in values.items()}, result.timings)
     assert len(scores.rows) == 89
     assert values["recall@5"] >= 0.9 and values["mrr"] >= 0.75
+
+
+def test_index_dir_for_an_experiment(tmp_path: Path):
+    from tunelab.config import ExperimentConfig
+    from tunelab.rag import index_dir_for
+
+    config = ExperimentConfig(name="exp", workdir=tmp_path)
+    assert index_dir_for(config) == tmp_path / "exp" / "rag-index"
+    config.rag.index_dir = tmp_path / "shared-index"
+    assert index_dir_for(config) == tmp_path / "shared-index"

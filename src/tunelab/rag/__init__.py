@@ -5,6 +5,7 @@
 
     cfg = RagConfig(chunk_tokens=256, chunk_overlap=32, context_tokens=600)
     result = build_index("examples/handbook/docs", "runs/x/rag-index", cfg)   # incremental on rebuild
+    # in a pipeline: build_index(config.rag.docs, index_dir_for(config), config.rag)
     index = load_index("runs/x/rag-index")
     hits = index.search(["How many days of annual leave do I get?"], k=cfg.top_k)   # list[list[Hit]]
     messages = rag_messages([{"role": "user", "content": "How many days ...?"}], hits[0],
@@ -26,6 +27,7 @@ _EXPORTS = {
     "Embedder": "embedder",
     "build_index": "index",
     "IndexResult": "index",
+    "index_dir_for": "index",
     "load_index": "retriever",
     "Index": "retriever",
     "Hit": "retriever",

@@ -95,6 +95,11 @@ class IndexResult:
         }
 
 
+def index_dir_for(config: Any) -> Path:
+    """Where an experiment's index lives: rag.index_dir, or <run_dir>/rag-index (config: ExperimentConfig)."""
+    return Path(config.rag.index_dir) if config.rag.index_dir else Path(config.run_dir) / "rag-index"
+
+
 def chunk_budget(cfg: RagConfig, window: int | None) -> int:
     """Tokens per chunk, heading line included: the configured size, capped at what the embedder reads
     (its window less the two special tokens [CLS] and [SEP]), so no chunk is embedded cut short."""
