@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -26,6 +27,11 @@ def train(
 
     config = load_config(config_file, overrides or [])
     result = run(config, resume=resume, dry_run=dry_run, progress=not as_json)
+    if os.environ.get("RANK", "0") != "0":
+        # one of several processes (accelerate launch / torchrun): rank 0 reports for all of them
+        if result.status == "interrupted":
+            raise typer.Exit(code=130)
+        return
     if dry_run:
         emit({"run_dir": str(result.run_dir), "status": result.status, "plan": result.plan}, as_json,
              lambda c: _render_plan(c, result.plan))

@@ -181,7 +181,8 @@ def setup(device_choice: str) -> Dist | None:
         raise TunelabError(f"WORLD_SIZE={world_size()} but accelerate did not join a process group "
                            f"(backend {state.backend}); launch with `accelerate launch` or `torchrun`")
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
-    return Dist(state.process_index, state.num_processes, max(1, local_world), state.device, str(state.backend))
+    device = torch.device("cpu") if state.device.type == "cpu" else state.device  # accelerate says cpu:0
+    return Dist(state.process_index, state.num_processes, max(1, local_world), device, str(state.backend))
 
 
 def shard(indices: Sequence[int], dist: Dist | None) -> list[int]:

@@ -1,0 +1,102 @@
+"""Data parallelism: two processes (torchrun, gloo on CPU, process group joined through accelerate) train
+to the same weights, losses and validation losses as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tunelab.io import read_jsonl
+from tunelab.train import run
+from tunelab.train.distributed import Dist, _buckets, setup
+
+SETTINGS = dict(data={"split": {"train": 0.75, "validation": 0.25}},
+                train={"epochs": 1, "lr": 1e-2, "eval_every": 2})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(make_config, chat_writer, tmp_path):
+    data = chat_writer(tmp_path / "facts.jsonl", repeat=3)  # 18 train examples: 5 steps of 4, the last of 2
+    single = run(make_config("one-process", data_file=data, **{**SETTINGS, "train": {**SETTINGS["train"],
+                                                                                     "batch_size": 4}}),
+                 progress=False)
+    config = make_config("two-processes", data_file=data, **{**SETTINGS, "train": {**SETTINGS["train"],
+                                                                                   "batch_size": 2}})
+    config_file = tmp_path / "ddp.yaml"
+    config_file.write_text(yaml.safe_dump(config.resolved()), encoding="utf-8")
+    script = tmp_path / "launch_tunelab.py"
+    script.write_text("from tunelab.cli import main\nmain()\n", encoding="utf-8")
+    env = {**os.environ, "TUNELAB_THREADS": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         str(script), "train", str(config_file), "--json"],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1  # rank 0 reports for both processes
+    summary = json.loads((config.run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 4 == single.summary["global_batch"]
+    assert summary["steps"] == single.summary["steps"] == 5
+
+    # same step losses and validation losses (rank 0 wrote the one log)
+    two = read_jsonl(config.run_dir / "train_log.jsonl")
+    one = read_jsonl(single.run_dir / "train_log.jsonl")
+    assert [r["step"] for r in two if "loss" in r] == [1, 2, 3, 4, 5]
+    for a, b in zip(one, two, strict=True):
+        assert a.get("event") == b.get("event")
+        for key in ("loss", "val_loss", "tokens", "val_loss_tokens"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a, b)
+
+    # the same final weights
+    w2 = load_file(str(config.run_dir / "adapter_model.safetensors"))
+    w1 = load_file(str(single.run_dir / "adapter_model.safetensors"))
+    assert w1.keys() == w2.keys()
+    moved = 0.0
+    for name in w1:
+        assert torch.allclose(w1[name], w2[name], atol=2e-5), name
+        moved = max(moved, float(w1[name].abs().max()))
+    assert moved > 1e-3  # training did move the weights
+
+
+def test_single_process_needs_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert setup("auto") is None
+
+
+def test_deepspeed_config_without_deepspeed_says_so(monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
+    from tunelab.errors import TunelabError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(TunelabError, match="DeepSpeed is not installed"):
+        setup("auto")
+
+
+def test_gradient_buckets_keep_order_and_split_by_size(monkeypatch):
+    import tunelab.train.distributed as distributed
+
+    monkeypatch.setattr(distributed, "BUCKET_BYTES", 64)
+    grads = [torch.zeros(8), torch.zeros(8), torch.zeros(4, dtype=torch.float64), torch.zeros(20)]
+    buckets = list(_buckets(grads))
+    assert [len(b) for b in buckets] == [2, 1, 1]
+    assert all(a is b for a, b in zip([g for b in buckets for g in b], grads, strict=True))
+    assert Dist(0, 1, 1, torch.device("cpu"), "gloo").is_main
