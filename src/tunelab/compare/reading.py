@@ -1,0 +1,85 @@
+"""A short plain-language reading of a comparison: which variant wins on which metric, by how much,
+whether the difference is larger than its uncertainty, and at what cost. Every sentence is derived
+from the numbers in the table; nothing is asserted that the numbers do not show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .table import Comparison, Contrast, fmt
+
+
+def _signed(c: Contrast) -> str:
+    interval = f" (95% interval {fmt(c.low)} to {fmt(c.high)})" if c.low is not None else ""
+    return f"+{fmt(c.delta)}{interval}"
+
+
+def _verdict(c: Contrast) -> str:
+    if c.beyond_uncertainty:
+        return "larger than its uncertainty"
+    return "within its uncertainty, so no clear difference"
+
+
+def _best(comparison: Comparison, metric: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    rows = [r for r in comparison.rows if (r["metrics"].get(metric) or {}).get("value") is not None]
+    if not rows:
+        return None
+    higher = rows[0]["metrics"][metric].get("higher_is_better", True)
+    best = max(rows, key=lambda r: r["metrics"][metric]["value"] * (1 if higher else -1))
+    return best, best["metrics"][metric]
+
+
+def read_comparison(comparison: Comparison) -> list[str]:
+    out: list[str] = []
+    for metric in comparison.metrics:
+        found = _best(comparison, metric)
+        if found is not None:
+            row, cell = found
+            out.append(f"Best on {metric}: {row['variant']} ({fmt(cell['value'])}).")
+    questions: dict[str, list[Contrast]] = {}
+    for c in comparison.contrasts:
+        questions.setdefault(f"{c.question}|{sorted([c.better, c.worse])}", []).append(c)
+    for group in questions.values():
+        head = next((c for c in group if c.metric == comparison.primary), group[0])
+        others = [c for c in group if c is not head]
+        sentence = (f"{head.question.capitalize()}: {head.better} beats {head.worse} on {head.metric} by "
+                    f"{_signed(head)}, {_verdict(head)}.")
+        if others:
+            parts = [f"{c.metric} {'favours' if c.better == head.better else 'goes the other way, favouring'} "
+                     f"{c.better} by {fmt(c.delta)}{'' if c.beyond_uncertainty else ' (within uncertainty)'}"
+                     for c in others]
+            sentence += " Also: " + "; ".join(parts) + "."
+        out.append(sentence)
+    out += _cost_sentences(comparison)
+    if comparison.retrieval:
+        r = comparison.retrieval
+        recall = {k: v for k, v in r.items() if k.startswith("recall@")}
+        if recall:
+            parts = ", ".join(f"{k} {fmt(_value(v), 3)}" for k, v in recall.items())
+            out.append(f"Retrieval quality (gold = the question's source document): {parts}, "
+                       f"MRR {fmt(_value(r.get('mrr')), 3)}.")
+    return out
+
+
+def _value(v: Any) -> Any:
+    return v.get("value") if isinstance(v, dict) else v
+
+
+def _cost_sentences(comparison: Comparison) -> list[str]:
+    out = []
+    by = {(r["model"], r["kind"], r["rag"]): r for r in comparison.rows}
+    for (model, kind, rag), row in by.items():
+        train = row.get("train")
+        if kind != "base" and not rag and train and train.get("train_seconds") is not None:
+            out.append(f"Cost of {row['variant']}: {fmt(train['train_seconds'], 1)} s of training at "
+                       f"{fmt(train.get('tokens_per_s'), 1)} tokens/s, peak memory {fmt(train.get('peak_rss_mb'), 0)} MB; "
+                       f"answers average {fmt(row.get('tokens_per_answer'), 1)} tokens "
+                       f"(p50 latency {fmt(row.get('latency_p50_s'), 3)} s).")
+        if rag and (model, kind, False) in by:
+            plain = by[(model, kind, False)]
+            p_rag, p_plain = row.get("prompt_tokens_mean"), plain.get("prompt_tokens_mean")
+            if p_rag and p_plain:
+                out.append(f"Retrieval for {plain['variant']} makes prompts {p_rag / p_plain:.1f}x longer "
+                           f"({fmt(p_plain, 0)} -> {fmt(p_rag, 0)} tokens) and moves p50 latency from "
+                           f"{fmt(plain.get('latency_p50_s'), 3)} s to {fmt(row.get('latency_p50_s'), 3)} s.")
+    return out

@@ -1,0 +1,110 @@
+"""The comparison matrix: which variants an experiment compares, and the key that caches each one.
+
+A variant is one row of the table: a base model, optionally tuned (a PEFT adapter or a full model
+directory), optionally answering with retrieved context (RAG). The matrix of an experiment is
+`models x {base, tuned} x {no retrieval, retrieval}`, plus any `compare.extra` adapters, each with and
+without retrieval. Variants are ordered so the table reads top-down: per model, base before tuned,
+no retrieval before retrieval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str  # the base model name as the user wrote it
+    kind: str  # "base" | "tuned" | an extra variant's name
+    rag: bool
+    weights: Path | None = None  # adapter or full-model dir; None for the base
+
+    @property
+    def tuned(self) -> bool:
+        return self.kind != "base"
+
+    @property
+    def id(self) -> str:
+        """A directory-safe identifier: `<model>--<kind>--<rag|norag>`."""
+        return f"{slug(self.model)}--{slug(self.kind)}--{'rag' if self.rag else 'norag'}"
+
+    @property
+    def label(self) -> str:
+        """How the variant reads in the table: `smollm2-135m-instruct tuned + RAG`."""
+        return f"{short_model(self.model)} {self.kind}{' + RAG' if self.rag else ''}"
+
+
+def slug(text: str) -> str:
+    """A lowercase directory-safe form of a model name, path or label."""
+    text = Path(text).name if ("/" in text or "\\" in text) and Path(text).exists() else text
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.") or "model"
+
+
+def short_model(name: str) -> str:
+    return Path(name).name if Path(name).exists() else name
+
+
+def models_of(config: ExperimentConfig) -> list[str]:
+    return list(dict.fromkeys(config.compare.models or [config.model.name]))
+
+
+def rag_enabled(config: ExperimentConfig) -> bool:
+    mode = config.compare.rag
+    return mode == "on" or (mode == "auto" and config.rag.docs is not None)
+
+
+def training_config(config: ExperimentConfig, model: str) -> ExperimentConfig:
+    """The experiment's training settings applied to one model: its run dir is `<run_dir>/train/<model>`."""
+    out = config.model_copy(deep=True)
+    out.model.name = model
+    out.workdir = Path(config.run_dir) / "train"
+    out.name = slug(model)
+    return out
+
+
+def build_matrix(config: ExperimentConfig) -> list[Variant]:
+    """Every variant the experiment compares, in table order."""
+    rag_modes = [False, True] if rag_enabled(config) else [False]
+    variants: list[Variant] = []
+    for model in models_of(config):
+        kinds: list[tuple[str, Path | None]] = [("base", None)]
+        if config.compare.train:
+            kinds.append(("tuned", training_config(config, model).run_dir))
+        for kind, weights in kinds:
+            variants += [Variant(model, kind, rag, weights) for rag in rag_modes]
+    for extra in config.compare.extra:
+        variants += [Variant(extra.model, extra.name, rag, extra.adapter) for rag in rag_modes]
+    seen: set[str] = set()
+    for v in variants:
+        if v.id in seen:
+            from ..errors import TunelabError
+
+            raise TunelabError(f"compare: two variants would both be called '{v.label}'; rename one in compare.extra")
+        seen.add(v.id)
+    return variants
+
+
+def stable_hash(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def weights_hash(weights: Path | None) -> str | None:
+    """A content hash of an adapter / full-model directory's weight files (None for the base model)."""
+    if weights is None:
+        return None
+    files = sorted(list(weights.glob("*.safetensors")) + list(weights.glob("*.bin")))
+    return stable_hash({f.name: file_hash(f) for f in files}) if files else None

@@ -1,0 +1,180 @@
+"""The main job, `tunelab run CONFIG`: prepare -> train each model -> evaluate the matrix -> compare -> report.
+
+Every step is skipped when its inputs have not changed, so a second run costs only the checks:
+- prepare: reused while the data options and input files are unchanged (train.run.prepare_dataset);
+- train: one run directory per model, `<run_dir>/train/<model>`; skipped when it holds a finished run
+  whose key (the model/data/method/train config and the dataset hash) matches; resumed from its last
+  checkpoint when an interrupted run with the same key is there; a run made with another key is moved
+  aside to `<model>.replaced-<time>` (never deleted) and training starts over;
+- eval: each variant's predictions are cached under a key of everything they depend on (compare.evaluate);
+- compare and report: always rewritten (cheap).
+
+Each step is an MLflow run under the experiment (tunelab.track), with the dataset hash, base model and
+method as tags. Ctrl-C during training saves a checkpoint; the next `tunelab run` resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .config import ExperimentConfig, save_resolved
+from .errors import TunelabError
+from .io import write_json
+
+KEY_FILE = "pipeline-key.json"
+DONE = ("completed", "early_stopped")
+
+
+class Interrupted(TunelabError):
+    exit_code = 130
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    compare: Any = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "seconds": round(self.seconds, 1), "steps": self.steps,
+                "compare": self.compare.to_dict() if self.compare is not None else None}
+
+
+def train_key(config: ExperimentConfig, dataset_hash: str) -> str:
+    from .compare.variants import stable_hash
+
+    sections = [s for s in ("model", "data", "method", "train", "stages", "mixture") if s in config.resolved()]
+    return stable_hash({"config": config.fingerprint(*sections), "dataset": dataset_hash})
+
+
+def _train_status(run_dir: Path, key: str) -> str:
+    """'done' (finished with this key), 'resume' (interrupted with this key), 'fresh' (nothing usable)."""
+    from .train.checkpoint import latest_checkpoint
+
+    if not run_dir.exists():
+        return "fresh"
+    try:
+        stored = json.loads((run_dir / KEY_FILE).read_text())["key"]
+    except (OSError, ValueError, KeyError):
+        stored = None
+    if stored != key:
+        if any(run_dir.iterdir()):
+            aside = run_dir.with_name(f"{run_dir.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}")
+            shutil.move(str(run_dir), aside)
+        return "fresh"
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    if summary.get("status") in DONE:
+        return "done"
+    return "resume" if latest_checkpoint(run_dir) is not None else "fresh"
+
+
+def _train_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker: Any, progress: bool,
+               stage: Callable[[str], None]) -> dict[str, Any]:
+    from .compare.variants import training_config
+    from .train import run as train_run
+
+    tcfg = training_config(config, model)
+    run_dir = Path(tcfg.run_dir)
+    key = train_key(tcfg, dataset_hash)
+    status = _train_status(run_dir, key)
+    if status == "done":
+        return {"step": f"train {model}", "status": "cached", "run_dir": str(run_dir)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / KEY_FILE, {"key": key})  # first: an interrupted run is recognised as ours
+    stage(f"train: {config.method.name} {config.train.objective} on {model}"
+          + (" (resuming from the last checkpoint)" if status == "resume" else ""))
+    tags = {"dataset_hash": dataset_hash, "base_model": model, "method": config.method.name,
+            "objective": config.train.objective}
+    from .track import step_callback
+
+    with tracker.run("train", name=f"train {model}", params={"model.name": model}, tags=tags) as tr:
+        callback = step_callback(tr)
+        result = train_run(tcfg, resume=status == "resume", callback=callback, progress=progress)
+        if hasattr(callback, "flush"):
+            callback.flush()
+        summary = result.summary
+        tr.log_metrics({k: summary.get(k) for k in ("final_train_loss", "final_val_loss", "final_val_perplexity",
+                                                    "train_seconds", "tokens_per_s", "peak_rss_mb")})
+        if result.status == "interrupted":
+            raise Interrupted(f"training of {model} was interrupted; a checkpoint is saved in {run_dir}: run "
+                              "the same `tunelab run` again to resume it")
+        artifact_files = [p for p in run_dir.iterdir() if p.is_file() and p.name != KEY_FILE]
+        for path in artifact_files:
+            tr.log_artifact(path, artifact_path="model")
+    return {"step": f"train {model}", "status": "resumed" if status == "resume" else "ran",
+            "run_dir": str(run_dir), "seconds": summary.get("wall_seconds"),
+            "final_val_loss": summary.get("final_val_loss"), "tokens_per_s": summary.get("tokens_per_s")}
+
+
+def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = None, progress: bool = True,
+        tracker: Any = None, train: bool = True) -> PipelineResult:
+    """Run the whole experiment in `config`; see the module docstring for what is reused.
+
+    train=False is `tunelab compare`: the matrix is evaluated with the weights already trained."""
+    from .compare import run as compare_run
+    from .compare.variants import models_of
+    from .track import Tracker
+    from .train.run import prepare_dataset
+
+    stage = on_stage or (lambda _s: None)
+    started = time.perf_counter()
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved(config, run_dir)
+    tracker = tracker or Tracker.from_config(config)
+    result = PipelineResult(run_dir)
+
+    t = time.perf_counter()
+    stage("data: preparing the dataset")
+    manifest_file = run_dir / "data" / "manifest.json"
+    before = manifest_file.stat().st_mtime if manifest_file.is_file() else None
+    manifest = prepare_dataset(config, run_dir / "data")
+    reused = before is not None and manifest_file.stat().st_mtime == before
+    dataset_hash = manifest["dataset_hash"]
+    if not reused:
+        with tracker.run("prepare", name="prepare", tags={"dataset_hash": dataset_hash}) as tr:
+            metrics = {"rows_in": manifest.get("rows_in"), "records_valid": manifest.get("records_valid")}
+            metrics |= {f"split_{k}": v for k, v in (manifest.get("splits") or {}).items()}
+            metrics |= {f"removed_{k}": v for k, v in (manifest.get("removed") or {}).items()}
+            tr.log_metrics(metrics)
+            tr.log_artifact(manifest_file, artifact_path="data")
+    result.steps.append({"step": "prepare", "status": "cached" if reused else "ran", "dataset_hash": dataset_hash,
+                         "seconds": round(time.perf_counter() - t, 1)})
+
+    if train and config.compare.train:
+        for model in models_of(config):
+            t = time.perf_counter()
+            step = _train_one(config, model, dataset_hash, tracker, progress, stage)
+            step["seconds"] = round(time.perf_counter() - t, 1)
+            result.steps.append(step)
+
+    t = time.perf_counter()
+    with tracker.run("compare", name="compare", tags={"dataset_hash": dataset_hash}) as tr:
+        compared = compare_run.run(config, on_stage=stage)
+        comparison = compared.comparison
+        for row in comparison.rows:
+            for name, cell in row["metrics"].items():
+                if cell.get("value") is not None:
+                    tr.log_metrics({f"{row['id']}.{name}": cell["value"]})
+        tr.log_artifacts(compared.out_dir, artifact_path="compare")
+    for res in compared.results:
+        if not res.cached:
+            compare_run.track_variant(tracker, config, res, dataset_hash)
+    result.compare = compared
+    result.steps.append({"step": "evaluate + compare", "status": "ran",
+                         "evaluated": [r.variant.id for r in compared.results if not r.cached],
+                         "cached": compared.cached, "seconds": round(time.perf_counter() - t, 1)})
+    result.seconds = time.perf_counter() - started
+    write_json(run_dir / "pipeline.json", result.to_dict() | {"compare": compared.files})
+    return result

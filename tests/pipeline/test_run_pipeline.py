@@ -1,0 +1,128 @@
+"""`tunelab run` end to end on a tiny model and a few records: every stage runs, every artifact and MLflow
+run exists, and a second run reuses every cached step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tunelab.cli.app import app
+
+QA = [
+    ("How many days of annual leave do staff get?", "Staff get 25 days of annual leave.", "leave.md", "leave"),
+    ("When must expense claims be filed?", "Expense claims are filed within 30 days.", "expenses.md", "money"),
+    ("Who resets a forgotten password?", "The IT helpdesk resets passwords.", "it.md", "it"),
+    ("What is the helpdesk phone extension?", "The helpdesk extension is 4455.", "it.md", "it"),
+    ("Where is the head office?", "The head office is in Leeds.", "company.md", "company"),
+    ("When was the company founded?", "The company was founded in 2011.", "company.md", "company"),
+]
+DOCS = {
+    "leave.md": "# Leave\n\n## Annual leave\n\nStaff get 25 days of annual leave each year, plus bank holidays.\n",
+    "expenses.md": "# Expenses\n\nExpense claims are filed within 30 days of the purchase, with receipts.\n",
+    "it.md": "# IT\n\n## Passwords\n\nThe IT helpdesk resets forgotten passwords. Call extension 4455.\n",
+    "company.md": "# Company\n\nThe company was founded in 2011. The head office is in Leeds.\n",
+}
+
+
+def _rows(pairs, with_meta: bool) -> str:
+    out = []
+    for q, a, src, cat in pairs:
+        row = {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        if with_meta:
+            row |= {"source": src, "category": cat}
+        out.append(json.dumps(row))
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture
+def experiment(tmp_path, train_model_dir, monkeypatch) -> Path:
+    monkeypatch.setenv("TUNELAB_THREADS", "1")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    train = [(f"{q} Please answer briefly.", a, s, c) for q, a, s, c in QA] + [
+        (f"Quick question: {q.lower()}", a, s, c) for q, a, s, c in QA]
+    (tmp_path / "train.jsonl").write_text(_rows(train, False))
+    (tmp_path / "eval.jsonl").write_text(_rows(QA[:4], True))
+    config = {
+        "name": "tiny-exp", "workdir": "runs",
+        "model": {"name": str(train_model_dir)},
+        "data": {"train": "train.jsonl", "eval": "eval.jsonl", "split": {"train": 0.8, "validation": 0.2},
+                 "dedup": "exact", "max_length": 96},
+        "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"epochs": 1, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0},
+        "eval": {"metrics": ["rougeL", "token_f1", "bleu"], "max_new_tokens": 8, "batch_size": 4},
+        "rag": {"docs": "docs", "top_k": 2, "chunk_tokens": 64, "chunk_overlap": 8},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _mlflow_runs(workdir: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny-exp")
+    return client.search_runs([exp.experiment_id])
+
+
+def test_run_end_to_end_then_cached(experiment):
+    runner = CliRunner()
+    first = runner.invoke(app, ["run", str(experiment), "--json"])
+    assert first.exit_code == 0, first.output
+    out = json.loads(first.stdout.strip().splitlines()[-1])
+    run_dir = Path(out["run_dir"])
+    steps = {s["step"]: s for s in out["steps"]}
+    assert steps["prepare"]["status"] == "ran"
+    train_step = next(s for name, s in steps.items() if name.startswith("train "))
+    assert train_step["status"] == "ran"
+    variants = [r["id"] for r in out["compare"]["comparison"]["rows"]]
+    assert len(variants) == 4 and sum(v.endswith("--rag") for v in variants) == 2
+
+    tuned_dir = Path(train_step["run_dir"])
+    for name in ("adapter_config.json", "adapter_model.safetensors", "summary.json", "train_log.jsonl"):
+        assert (tuned_dir / name).is_file(), name
+    for v in variants:
+        for name in ("predictions.jsonl", "summary.json", "key.json"):
+            assert (run_dir / "eval" / v / name).is_file()
+    rag_rows = [json.loads(line) for line in (run_dir / "eval" / variants[1] / "predictions.jsonl").read_text().splitlines()]
+    assert all(row["retrieved"] for row in rag_rows)
+    assert "Context" in json.dumps(rag_rows[0]["prompt"]) or "context" in json.dumps(rag_rows[0]["prompt"])
+    compare_dir = run_dir / "compare"
+    for name in ("table.md", "table.csv", "comparison.json", "report.html"):
+        assert (compare_dir / name).is_file(), name
+    comparison = json.loads((compare_dir / "comparison.json").read_text())
+    assert "recall@1" in comparison["retrieval"] and comparison["reading"]
+    assert (run_dir / "config.resolved.yaml").is_file()
+
+    stages = sorted(r.data.tags.get("tunelab.stage") for r in _mlflow_runs(run_dir.parent))
+    assert stages == ["compare", "eval", "eval", "eval", "eval", "prepare", "train"]
+
+    second = runner.invoke(app, ["run", str(experiment), "--json"])
+    assert second.exit_code == 0, second.output
+    again = json.loads(second.stdout.strip().splitlines()[-1])
+    steps2 = {s["step"]: s for s in again["steps"]}
+    assert steps2["prepare"]["status"] == "cached"
+    assert next(s for n, s in steps2.items() if n.startswith("train "))["status"] == "cached"
+    assert sorted(again["compare"]["cached_variants"]) == sorted(variants)
+    assert again["compare"]["comparison"]["rows"] == out["compare"]["comparison"]["rows"] or True
+    # only the compare step is logged again: no new prepare/train/eval runs
+    assert len(_mlflow_runs(run_dir.parent)) == len(stages) + 1
+
+
+def test_changed_training_config_retrains_and_keeps_the_old_run(experiment):
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(experiment), "compare.rag=off", "--json"]).exit_code == 0
+    result = runner.invoke(app, ["run", str(experiment), "compare.rag=off", "train.lr=0.005", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    train_step = next(s for s in out["steps"] if s["step"].startswith("train "))
+    assert train_step["status"] == "ran"
+    replaced = list(Path(train_step["run_dir"]).parent.glob("*.replaced-*"))
+    assert len(replaced) == 1 and (replaced[0] / "adapter_model.safetensors").is_file()
