@@ -251,9 +251,12 @@ class RagConfig(Section):
 
 # -------------------------------------------------------------------------------------------- tracking
 class TrackingConfig(Section):
-    enabled: bool = True
-    uri: str | None = Field(None, description="MLflow tracking URI; default: a SQLite store in the workdir.")
+    enabled: bool = Field(True, description="Track every stage as an MLflow run; false: no tracking at all.")
+    uri: str | None = Field(None, description="MLflow tracking URI (a server, a database); default: "
+                            "sqlite:///<workdir>/mlflow.db with artifacts in <workdir>/mlartifacts.")
     experiment: str | None = Field(None, description="Default: the experiment name.")
+    artifacts: bool = Field(True, description="Copy outputs (adapter, predictions, reports) into the store; "
+                            "false records only their paths, as tunelab.artifact.* tags.")
 
 
 # ------------------------------------------------------------------------------------------- compare
@@ -273,6 +276,12 @@ class CompareConfig(Section):
         "auto", description="Add the with-retrieval variant of each; auto = on when rag.docs is set.",
     )
     extra: list[VariantConfig] = Field(default_factory=list, description="Other adapters or models to include.")
+
+    @field_validator("rag", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML reads a bare on/off/yes/no as a boolean
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 # -------------------------------------------------------------------------------------------- serving
@@ -499,6 +508,8 @@ def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
     config.data.eval = fix(config.data.eval)
     config.eval.data = fix(config.eval.data)
     config.rag.docs = fix(config.rag.docs)
+    config.rag.index_dir = fix(config.rag.index_dir)
+    config.rag.prompt_template = fix(config.rag.prompt_template)
     for task in config.mixture:
         task.data = [fix(p) for p in task.data]
     for stage in config.stages:
