@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from . import config_cmd, data_cmd, models_cmd, rag_cmd
+from . import config_cmd, data_cmd, models_cmd, rag_cmd, runs_cmd
 from .eval_cmd import evaluate
 from .quickstart_cmd import quickstart
 from .train_cmd import train
@@ -20,6 +20,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(rag_cmd.app, name="rag")
+app.add_typer(runs_cmd.app, name="runs")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("quickstart")(quickstart)
