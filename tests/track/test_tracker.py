@@ -228,6 +228,17 @@ def test_parent_and_upstream_runs(make_config):
     assert client.get_run(ev.id).data.tags["tunelab.upstream.train"] == train.id
 
 
+def test_short_lineage_names_are_stored_under_tunelab_names(make_config):
+    tracker = Tracker.from_config(make_config())
+    with tracker.run("train", tags={"base_model": "gemma3-270m", "dataset_hash": "h1", "tunelab.stage": "x"},
+                     log_config=False) as run:
+        run.set_tags({"method": "full", "objective": "sft"})
+    tags = _client(tracker).get_run(run.id).data.tags
+    assert tags["tunelab.base_model"] == "gemma3-270m" and tags["tunelab.dataset_hash"] == "h1"
+    assert tags["tunelab.method"] == "full" and tags["objective"] == "sft" and tags["tunelab.stage"] == "train"
+    assert not {"base_model", "dataset_hash", "method"} & set(tags)
+
+
 def test_artifacts_off_records_paths_instead_of_copies(make_config, tmp_path):
     tracker = Tracker.from_config(make_config(tracking={"artifacts": False}))
     out = tmp_path / "out"

@@ -28,6 +28,8 @@ Each run gets, without being asked: tags `tunelab.stage`, `tunelab.version`, `tu
 `tunelab.git.dirty` (when the working directory is a git repository), `tunelab.config_name`,
 `tunelab.config_hash`, `tunelab.base_model`, `tunelab.method`; the resolved config as params (nested
 keys dotted: `train.lr`) and as the artifact `config.resolved.yaml` (pass log_config=False to skip).
+Tags given as `dataset_hash`, `base_model` or `method` are stored under their `tunelab.*` names (what
+`lineage_tags` builds), overriding the config's base model and method for that run.
 An exception inside the block ends the run FAILED (Ctrl-C: KILLED), with the error in the tag
 `tunelab.error`, and propagates. A store that cannot be used raises TunelabError naming its URI.
 

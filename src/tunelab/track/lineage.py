@@ -36,6 +36,16 @@ MLFLOW_USER = "mlflow.user"
 STAGES = ("prepare", "synth", "train", "eval", "compare")
 
 
+# Short names callers may use for the lineage tags; they are stored under the tunelab.* names, so that
+# every run answers the same query (`tags."tunelab.base_model" = ...`) however it was tagged.
+ALIASES = {"dataset_hash": DATASET_HASH, "base_model": BASE_MODEL, "method": METHOD}
+
+
+def canonical(tags: dict[str, Any]) -> dict[str, Any]:
+    """Tags with the short lineage names (dataset_hash, base_model, method) under their tunelab.* keys."""
+    return {ALIASES.get(k, k): v for k, v in tags.items()}
+
+
 def lineage_tags(*, dataset_hash: str | None = None, base_model: str | None = None, method: str | None = None,
                  upstream: dict[str, str] | None = None) -> dict[str, str]:
     """Tags for the inputs of a run; None values are left out.

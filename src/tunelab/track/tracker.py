@@ -272,7 +272,7 @@ class Run:
         from mlflow.entities import RunTag
 
         entities = [RunTag(clean_key(k), _truncate(self._redactor.text(stringify(v)), MAX_TAG_VALUE))
-                    for k, v in tags.items() if v is not None]
+                    for k, v in lineage.canonical(dict(tags)).items() if v is not None]
         if entities:
             with self._store.guard(f"setting tags of run {self.id}"):
                 self._client.log_batch(self.id, tags=entities, synchronous=True)
@@ -371,6 +371,8 @@ class Tracker:
     def __init__(self, uri: str | None = None, experiment: str = "tunelab", *, enabled: bool = True,
                  artifact_location: str | None = None, config: ExperimentConfig | None = None,
                  cwd: str | Path | None = None):
+        if enabled and not uri:
+            raise TunelabError("a tracker needs a tracking URI (Tracker.from_config picks the default store)")
         self.enabled = enabled
         self.uri = uri or ""
         self.experiment = experiment
@@ -456,7 +458,9 @@ class Tracker:
             raise TunelabError("a tracked run needs a stage name")
         redactor = self._redactor()
         run_name = name or stage
-        all_tags = {**self._base_tags(stage, parent), **{k: v for k, v in (tags or {}).items() if v is not None}}
+        given = {k: v for k, v in lineage.canonical(dict(tags or {})).items() if v is not None}
+        given.pop(lineage.STAGE, None)  # the stage argument names the stage
+        all_tags = {**self._base_tags(stage, parent), **given}
         clean_tags = {clean_key(k): _truncate(redactor.text(stringify(v)), MAX_TAG_VALUE) for k, v in all_tags.items()}
         experiment_id = self.experiment_id
         with self._store.guard(f"starting a {stage} run"):
