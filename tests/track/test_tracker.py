@@ -147,7 +147,8 @@ def _training_events(steps: int = 10, eval_every: int = 5):
                "tokens": 512, "tokens_per_s": 100.0 + s, "elapsed_s": s * 0.1, "total_steps": steps, "eta_s": 1.0}
         if s % eval_every == 0:
             yield {"event": "eval", "step": s, "epoch": s / steps, "val_loss": 1.0 / s, "val_ppl": 2.0,
-                   "val_loss_tokens": 100, "eval_seconds": 0.2}
+                   "val_loss_tokens": 100, "eval_seconds": 0.2, "val_loss/qa": 0.5}
+            yield {"event": "eval_generate", "step": s, "rougeL": 0.25, "n": 16, "seconds": 3.0}
             yield {"event": "checkpoint", "step": s, "path": "/tmp/ckpt"}
     yield {"event": "end", "status": "completed", "step": steps}
 
@@ -161,9 +162,9 @@ def test_step_callback_batches_training_events(make_config, monkeypatch):
         callback = step_callback(run, every=4, seconds=1e9)
         for event in _training_events():
             callback(event)
-    # 12 measuring events (10 steps, 2 evals) in batches of 4 events; the "end" event has nothing left
-    assert len(batches) == 3
-    assert callback.logged == 10 * 5 + 2 * 4  # grad_norm None is skipped
+    # 14 measuring events (10 steps, 2 evals, 2 generation evals) in batches of 4 events; "end" flushes the rest
+    assert len(batches) == 4
+    assert callback.logged == 10 * 5 + 2 * 5 + 2 * 2  # grad_norm None is skipped
     client = _client(tracker)
     loss = client.get_metric_history(run.id, "train_loss")
     assert [(m.step, m.value) for m in sorted(loss, key=lambda m: m.step)] == [(s, 2.0 / s) for s in range(1, 11)]
@@ -171,7 +172,7 @@ def test_step_callback_batches_training_events(make_config, monkeypatch):
     assert sorted((m.step, m.value) for m in val) == [(5, 0.2), (10, 0.1)]
     assert set(client.get_run(run.id).data.metrics) == {
         "train_loss", "lr", "tokens", "tokens_per_s", "epoch", "val_loss", "val_ppl", "val_loss_tokens",
-        "eval_seconds"}
+        "eval_seconds", "val_loss/qa", "gen_rougeL", "gen_seconds"}
 
 
 def test_step_callback_is_flushed_when_the_run_ends(make_config):

@@ -4,7 +4,8 @@
         result = train.run(config, callback=step_callback(run))
 
 The training loop (train/loop.py) emits event dicts: "step" (loss, lr, grad_norm, tokens, tokens_per_s,
-epoch), "eval" (val_loss, val_ppl, ...), "checkpoint", "start", "end". Step and eval values are
+epoch), "eval" (val_loss, val_ppl, val_loss/<task> for mixtures, ...), "eval_generate" (ROUGE-L of
+answers generated during training), "checkpoint", "start", "end". Measured values are
 buffered and written with one MLflow log_batch call every `every` events or `seconds` seconds, at the
 "end" event, and when the run ends. A store that fails mid-training costs a warning and the buffered
 points, never the training run.
@@ -23,7 +24,16 @@ log = logging.getLogger("tunelab.track")
 # Bookkeeping in the loop's events that is not a measurement of the model.
 _STEP_SKIP = frozenset({"event", "step", "total_steps", "eta_s", "elapsed_s"})
 _EVAL_SKIP = frozenset({"event", "step", "epoch"})
+_GENERATE_SKIP = frozenset({"event", "step", "n"})
 _RENAME = {"loss": "train_loss"}  # next to val_loss in the MLflow UI
+
+
+def _metric_name(kind: str, key: str) -> str:
+    if kind == "step":
+        return _RENAME.get(key, key)
+    if kind == "eval_generate":
+        return f"gen_{key}"  # gen_rougeL: generated answers, apart from the final evaluation's rougeL
+    return key
 
 
 class StepLogger:
@@ -46,12 +56,11 @@ class StepLogger:
         if not self.enabled:
             return
         kind = event.get("event")
-        if kind in ("step", "eval"):
-            skip = _STEP_SKIP if kind == "step" else _EVAL_SKIP
+        skip = {"step": _STEP_SKIP, "eval": _EVAL_SKIP, "eval_generate": _GENERATE_SKIP}.get(kind)
+        if skip is not None:
             now = int(time.time() * 1000)
             step = int(event.get("step") or 0)
-            self._rows += [(_RENAME.get(k, k) if kind == "step" else k, v, now, step)
-                           for k, v in event.items() if k not in skip]
+            self._rows += [(_metric_name(kind, k), v, now, step) for k, v in event.items() if k not in skip]
             self._events += 1
         if kind == "end" or self._events >= self.every or time.monotonic() - self._last_flush >= self.seconds:
             self.flush()
