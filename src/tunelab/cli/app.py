@@ -9,6 +9,7 @@ import typer
 from . import config_cmd, data_cmd, models_cmd, rag_cmd, runs_cmd
 from .eval_cmd import evaluate
 from .quickstart_cmd import quickstart
+from .run_cmd import compare, run
 from .train_cmd import train
 
 app = typer.Typer(
@@ -24,6 +25,8 @@ app.add_typer(runs_cmd.app, name="runs")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("quickstart")(quickstart)
+app.command("run")(run)
+app.command("compare")(compare)
 
 
 def main() -> None:
