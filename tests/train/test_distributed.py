@@ -28,18 +28,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_with_the_same_global_batch(make_config, chat_writer, tmp_path):
-    data = chat_writer(tmp_path / "facts.jsonl", repeat=3)  # 18 train examples: 5 steps of 4, the last of 2
-    single = run(make_config("one-process", data_file=data, **{**SETTINGS, "train": {**SETTINGS["train"],
-                                                                                     "batch_size": 4}}),
-                 progress=False)
-    config = make_config("two-processes", data_file=data, **{**SETTINGS, "train": {**SETTINGS["train"],
-                                                                                   "batch_size": 2}})
-    config_file = tmp_path / "ddp.yaml"
+def _launch(config, tmp_path, **env_extra) -> dict:
+    """`torchrun --nproc_per_node 2 tunelab train CONFIG --json`, as a user launches it; its one report."""
+    config_file = tmp_path / f"{config.name}.yaml"
     config_file.write_text(yaml.safe_dump(config.resolved()), encoding="utf-8")
     script = tmp_path / "launch_tunelab.py"
     script.write_text("from tunelab.cli import main\nmain()\n", encoding="utf-8")
-    env = {**os.environ, "TUNELAB_THREADS": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "TUNELAB_THREADS": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env_extra}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
          str(script), "train", str(config_file), "--json"],
@@ -48,6 +43,17 @@ def test_two_processes_match_one_with_the_same_global_batch(make_config, chat_wr
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(reports) == 1  # rank 0 reports for both processes
+    return reports[0]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(make_config, chat_writer, tmp_path):
+    data = chat_writer(tmp_path / "facts.jsonl", repeat=3)  # 18 train examples: 5 steps of 4, the last of 2
+    single = run(make_config("one-process", data_file=data, **{**SETTINGS, "train": {**SETTINGS["train"],
+                                                                                     "batch_size": 4}}),
+                 progress=False)
+    config = make_config("two-processes", data_file=data, **{**SETTINGS, "train": {**SETTINGS["train"],
+                                                                                   "batch_size": 2}})
+    _launch(config, tmp_path)
     summary = json.loads((config.run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 4 == single.summary["global_batch"]
     assert summary["steps"] == single.summary["steps"] == 5
@@ -71,6 +77,33 @@ def test_two_processes_match_one_with_the_same_global_batch(make_config, chat_wr
         assert torch.allclose(w1[name], w2[name], atol=2e-5), name
         moved = max(moved, float(w1[name].abs().max()))
     assert moved > 1e-3  # training did move the weights
+
+
+def test_fsdp_shards_and_still_matches_one_process(make_config, chat_writer, tmp_path):
+    """FSDP2 over two processes (as `accelerate launch --config_file configs/accelerate/fsdp.yaml` sets it up):
+    17 train examples in steps of 4 leave a last step of one example, so one process runs a zero-weight
+    micro-batch (every forward is a collective), and the validation batches do not split evenly either."""
+    data = chat_writer(tmp_path / "facts.jsonl", repeat=3)
+    settings = {"data": {"split": {"train": 0.7, "validation": 0.3}},
+                "train": {"epochs": 1, "lr": 1e-2, "eval_every": 2, "save_every": 2}}
+    single = run(make_config("one", data_file=data, **{**settings, "train": {**settings["train"], "batch_size": 4}}),
+                 progress=False)
+    config = make_config("sharded", data_file=data,
+                         **{**settings, "train": {**settings["train"], "batch_size": 1, "grad_accum": 2}})
+    _launch(config, tmp_path, ACCELERATE_USE_FSDP="true", FSDP_RESHARD_AFTER_FORWARD="true")
+    summary = json.loads((config.run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == single.summary["steps"] == 5
+    assert summary["data"]["train"]["examples"] % 4 == 1  # the last step: one example, one process idle
+    one = read_jsonl(single.run_dir / "train_log.jsonl")
+    two = read_jsonl(config.run_dir / "train_log.jsonl")
+    for key in ("loss", "val_loss"):
+        assert [r[key] for r in two if key in r] == pytest.approx([r[key] for r in one if key in r], rel=1e-5)
+    assert len([r for r in two if "val_loss" in r]) == 3  # steps 2, 4 and the last
+    w2 = load_file(str(config.run_dir / "adapter_model.safetensors"))  # whole tensors, gathered from shards
+    w1 = load_file(str(single.run_dir / "adapter_model.safetensors"))
+    assert w1.keys() == w2.keys() and all(torch.allclose(w1[k], w2[k], atol=2e-5) for k in w1)
+    state = json.loads((config.run_dir / "checkpoints/step-0000004/state.json").read_text())
+    assert state["fsdp"] is True and state["world_size"] == 2
 
 
 def test_single_process_needs_no_process_group(monkeypatch):

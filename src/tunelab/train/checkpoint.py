@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,9 @@ def check_compatible(saved: dict[str, Any], identity: dict[str, Any], where: Pat
     if saved.get("world_size", 1) != identity.get("world_size", 1):
         problems.append(f"processes: checkpoint {saved.get('world_size', 1)}, now {identity.get('world_size', 1)} "
                         "(the global batch, and so every step, depends on the number of processes)")
+    if bool(saved.get("fsdp")) != bool(identity.get("fsdp")):
+        problems.append(f"FSDP: checkpoint {bool(saved.get('fsdp'))}, now {bool(identity.get('fsdp'))} (launch "
+                        "with the accelerate config the run started with)")
     if saved.get("dataset_hash") != identity["dataset_hash"]:
         problems.append(
             f"dataset hash: checkpoint {saved.get('dataset_hash')}, now {identity['dataset_hash']} "
@@ -160,17 +164,22 @@ def save_checkpoint(
     keep_last: int,
     best: dict[str, torch.Tensor] | None = None,
     scaler: Any = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
-    """Write a checkpoint atomically, then drop the oldest beyond keep_last."""
+    """Write a checkpoint atomically, then drop the oldest beyond keep_last. `weights` and
+    `optimizer_state` replace params' tensors and optimizer.state_dict() (whole ones gathered from FSDP
+    shards, the optimizer state then keyed by parameter name)."""
     target = checkpoint_dir(run_dir, state.step)
     plain_rng, tensor_rng = rng_state()
     with atomic_dir(target) as tmp:
-        save_file(_tensors(params), str(tmp / "trainable.safetensors"))
+        save_file({n: t.contiguous() for n, t in weights.items()} if weights is not None else _tensors(params),
+                  str(tmp / "trainable.safetensors"))
         if best is not None:
             save_file(best, str(tmp / "best.safetensors"))
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": tensor_rng,
                 "scaler": scaler.state_dict() if scaler is not None else None,
@@ -197,19 +206,25 @@ def load_checkpoint(
     scheduler: Any,
     identity: dict[str, Any],
     scaler: Any = None,
+    load_params: Callable[[dict[str, nn.Parameter], dict[str, torch.Tensor]], None] | None = None,
+    load_optimizer: Callable[[dict], None] | None = None,
 ) -> Restored:
-    """Check the checkpoint belongs to this run, then restore weights, optimizer, scheduler and RNG."""
+    """Check the checkpoint belongs to this run, then restore weights, optimizer, scheduler and RNG.
+    load_params / load_optimizer replace the plain copies (FSDP: each process keeps its shards)."""
     meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
     check_compatible(meta, identity, path)
     weights = load_file(str(path / "trainable.safetensors"))
     missing = sorted(set(params) - set(weights))
     if missing:
         raise TunelabError(f"checkpoint {path} lacks trainable weights {missing[:5]}; it is not from this run")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
+    if load_params is not None:
+        load_params(params, weights)
+    else:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(weights[name].to(p.device, p.dtype))
     blob = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(blob["optimizer"])
+    (load_optimizer or optimizer.load_state_dict)(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     if scaler is not None and blob.get("scaler"):
         scaler.load_state_dict(blob["scaler"])

@@ -16,9 +16,21 @@ process group (gloo on CPU, nccl on CUDA, one GPU per process) and tunelab train
 - Only rank 0 writes (prepared data, checkpoints, logs, artifacts, summary) and reports progress;
   the others wait at barriers where they need what rank 0 wrote.
 
-FSDP and DeepSpeed ZeRO configs (configs/accelerate/) are recognized from accelerate's environment
-(ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED); `check_backend` says clearly what is missing where
-they cannot run.
+With an FSDP config (accelerate sets ACCELERATE_USE_FSDP) the model is also sharded, with torch's FSDP2
+(`fully_shard`): every decoder layer is a unit and the causal LM around them the root unit (kept
+unsharded after its forward, since the loss applies its output layer right after). Parameters,
+gradients and AdamW state are sharded over the processes (ZeRO-3); FSDP_RESHARD_AFTER_FORWARD=false
+keeps layers gathered between forward and backward (ZeRO-2-like: more memory, less communication) and
+FSDP_OFFLOAD_PARAMS=true keeps the shards in CPU memory. Gradients are reduce-scattered as sums (the
+loss is already normalised by the global step's tokens); every process runs the same number of forward
+passes (a process short of examples runs one more micro-batch with zero weight), because each forward is
+a collective. Checkpoints and artifacts hold whole tensors gathered from the shards, so they are the
+same files as without FSDP. Not under FSDP: QLoRA (4-bit weights), torch.compile and generation during
+training (train.eval_generate_every), each refused with a message.
+
+DeepSpeed configs are recognized (ACCELERATE_USE_DEEPSPEED) and refused with a clear message: DeepSpeed
+is not installed here, and where it is, tunelab's loop does not hand the model to a DeepSpeed engine;
+fsdp.yaml gives the same ZeRO-3 sharding with torch alone.
 """
 
 from __future__ import annotations
@@ -46,6 +58,9 @@ class Dist:
     local_world: int
     device: torch.device
     backend: str
+    fsdp: bool = False
+    reshard_after_forward: bool = True
+    offload: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -118,6 +133,99 @@ class Dist:
                 p.grad = None
 
 
+# -- FSDP ---------------------------------------------------------------------------------------------
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP shard (a collective: every process must call it), else t itself."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def gather(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Whole CPU copies of the given parameters (collective under FSDP)."""
+    return {name: full(p.detach()).to("cpu", copy=True) for name, p in params.items()}
+
+
+def load_whole(params: dict[str, nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors into parameters, each process keeping its own shard of a sharded one."""
+    from torch.distributed.tensor import distribute_tensor
+
+    with torch.no_grad():
+        for name, p in params.items():
+            w = weights[name]
+            if is_sharded(p):
+                w = distribute_tensor(w.to(p.device_mesh.device_type, p.dtype), p.device_mesh, p.placements)
+            p.copy_(w.to(p.device, p.dtype) if not is_sharded(p) else w)
+
+
+def shard_model(model: nn.Module, dist: Dist) -> None:
+    """FSDP2 over the causal LM inside `model` (a PEFT wrapper or the model itself), in place."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
+
+    from .loss import base_causal_lm
+
+    causal = base_causal_lm(model)
+    layers = getattr(causal.get_decoder(), "layers", None)
+    if not layers:
+        raise TunelabError(f"FSDP: {type(causal).__name__} has no decoder layers to shard")
+    mesh = init_device_mesh(dist.device.type, (dist.world,))
+    extra = {"offload_policy": CPUOffloadPolicy()} if dist.offload else {}
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=dist.reshard_after_forward, **extra)
+    # The root stays gathered after forward: the loss uses its output layer outside the forward call.
+    fully_shard(causal, mesh=mesh, reshard_after_forward=False, **extra)
+    for module in causal.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)  # sums: the loss is normalised by the global tokens
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no pre-multiplied sum)
+
+
+def reshard(model: nn.Module) -> None:
+    """Free gathered parameters after forwards without a backward (validation): the root unit stays
+    gathered after its forward, and the optimizer and state-dict helpers expect the sharded ones."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on rank 0 (empty elsewhere); a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            whole.pop(name, None)  # a tied weight (lm_head = embed_tokens) is saved once, as without FSDP
+        seen.add(id(p))
+    return whole
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The whole optimizer state keyed by parameter name, on rank 0; a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Every process loads the whole optimizer state (read from the checkpoint) and keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
 def _buckets(grads: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
     """Consecutive gradients of one dtype and device, up to BUCKET_BYTES each."""
     bucket: list[torch.Tensor] = []
@@ -164,9 +272,21 @@ def check_backend(cuda: bool) -> None:
         )
 
 
+def _fsdp_options() -> tuple[bool, bool, bool]:
+    """(fsdp, reshard_after_forward, offload) from accelerate's FSDP environment."""
+    if not _flag("ACCELERATE_USE_FSDP"):
+        return False, True, False
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower()
+    # FSDP1 configs name a sharding strategy here; SHARD_GRAD_OP (ZeRO-2) keeps layers gathered.
+    keep = reshard in ("false", "0", "shard_grad_op", "2", "no_shard", "3", "_hybrid_shard_zero2", "5")
+    return True, not keep, _flag("FSDP_OFFLOAD_PARAMS")
+
+
 def setup(device_choice: str) -> Dist | None:
-    """Join the process group when a launcher started several processes; None for a single process."""
-    if world_size() <= 1:
+    """Join the process group when a launcher started several processes (or one under an FSDP config);
+    None for a plain single process."""
+    fsdp, reshard, offload = _fsdp_options()
+    if world_size() <= 1 and not (fsdp and "LOCAL_RANK" in os.environ):
         return None
     want_cuda = device_choice in ("auto", "cuda") or device_choice.startswith("cuda")
     cuda = want_cuda and torch.cuda.is_available()
@@ -177,12 +297,15 @@ def setup(device_choice: str) -> Dist | None:
     from accelerate import PartialState
 
     state = PartialState(cpu=not cuda)
-    if state.num_processes <= 1:
+    if state.num_processes <= 1 and not fsdp:
         raise TunelabError(f"WORLD_SIZE={world_size()} but accelerate did not join a process group "
                            f"(backend {state.backend}); launch with `accelerate launch` or `torchrun`")
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
     device = torch.device("cpu") if state.device.type == "cpu" else state.device  # accelerate says cpu:0
-    return Dist(state.process_index, state.num_processes, max(1, local_world), device, str(state.backend))
+    if offload and device.type != "cuda":
+        raise TunelabError("FSDP_OFFLOAD_PARAMS=true offloads GPU shards to CPU memory; this run has no GPU")
+    return Dist(state.process_index, state.num_processes, max(1, local_world), device, str(state.backend),
+                fsdp, reshard, offload)
 
 
 def shard(indices: Sequence[int], dist: Dist | None) -> list[int]:

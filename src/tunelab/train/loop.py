@@ -29,7 +29,7 @@ from torch import nn
 from ..config import TrainConfig
 from .batching import Example, Layout, epoch_steps, eval_batches, micro_batches
 from .checkpoint import TrainState, rng_state, set_rng_state
-from .distributed import Dist, shard
+from .distributed import Dist, full, gather, is_sharded, load_whole, reshard, shard
 from .loss import LossHead
 
 Event = dict[str, Any]
@@ -109,17 +109,28 @@ def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
     setup.model.train()
     total_nll = 0.0
     tokens = 0
-    for group in micro_batches(shard(indices, setup.dist), setup.cfg.batch_size, lengths, bucket=setup.bucket):
+    dist = setup.dist
+    groups = micro_batches(shard(indices, dist), setup.cfg.batch_size, lengths, bucket=setup.bucket)
+    weights = [1.0] * len(groups)
+    if dist is not None and dist.fsdp:
+        # every forward is a collective under FSDP: a process with fewer micro-batches runs extra ones
+        # whose loss counts zero times, so all run the same number
+        most = max(len(micro_batches(indices[r :: dist.world], setup.cfg.batch_size, lengths, bucket=setup.bucket))
+                   for r in range(dist.world))
+        filler = groups[0] if groups else [indices[0]]
+        groups, weights = groups + [filler] * (most - len(groups)), weights + [0.0] * (most - len(groups))
+    for group, weight in zip(groups, weights, strict=True):
         batch = setup.layout.collate([examples[i] for i in group]).to(setup.device)
         with setup.autocast():
-            nll = setup.head.nll_sum(batch)
+            nll = setup.head.nll_sum(batch) * weight
         loss = nll / denominator
         (setup.scaler.scale(loss) if setup.scaler is not None else loss).backward()
         total_nll += float(nll.detach())
-        tokens += batch.n_tokens
-    if setup.dist is not None:
-        setup.dist.all_reduce_grads(setup.params.values())
-        total_nll, tokens_sum = setup.dist.sum([total_nll, tokens])
+        tokens += batch.n_tokens if weight else 0
+    if dist is not None:
+        # FSDP reduce-scatters sharded gradients itself; anything else is summed here
+        dist.all_reduce_grads(p for p in setup.params.values() if not (dist.fsdp and is_sharded(p)))
+        total_nll, tokens_sum = dist.sum([total_nll, tokens])
         tokens = int(tokens_sum)
     lr = float(setup.optimizer.param_groups[0]["lr"])
     setup.updating = True
@@ -127,7 +138,7 @@ def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
         setup.scaler.unscale_(setup.optimizer)
     params = [p for p in setup.params.values() if p.grad is not None]
     max_norm = setup.cfg.max_grad_norm if setup.cfg.max_grad_norm is not None else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+    grad_norm = float(full(torch.nn.utils.clip_grad_norm_(params, max_norm))) if params else 0.0
     if setup.scaler is not None:
         setup.scaler.step(setup.optimizer)
         setup.scaler.update()
@@ -154,17 +165,26 @@ def evaluate(model: nn.Module, head: LossHead, examples: list[Example], layout: 
     sums: list[float] = []
     for group in groups.values():
         batches = eval_batches(group, layout, tokens_per_batch)
+        padding = 0
         if dist is not None:
-            batches = batches[dist.rank :: dist.world]
+            mine = batches[dist.rank :: dist.world]
+            if dist.fsdp and batches:  # the same number of forwards on every process (each is a collective)
+                padding = -(-len(batches) // dist.world) - len(mine)
+                mine += [batches[0]] * padding
+            batches = mine
         nll = 0.0
         count = 0
-        for batch in batches:
+        for i, batch in enumerate(batches):
             batch = batch.to(device)
             with autocast():
-                nll += float(head.nll_sum(batch))
-            count += batch.n_loss_tokens
+                value = float(head.nll_sum(batch))
+            if i < len(batches) - padding:
+                nll += value
+                count += batch.n_loss_tokens
         sums += [nll, count]
     if dist is not None:
+        if dist.fsdp:
+            reshard(model)
         sums = dist.sum(sums)
     total_nll, total_count = sum(sums[0::2]), int(sum(sums[1::2]))
     loss = total_nll / max(1, total_count)
@@ -180,13 +200,11 @@ def evaluate(model: nn.Module, head: LossHead, examples: list[Example], layout: 
 
 
 def _snapshot(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
+    return gather(params)  # whole tensors, also of FSDP shards
 
 
 def _restore(params: dict[str, nn.Parameter], weights: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
+    load_whole(params, weights)
 
 
 def _due(every: int | None, step: int, epoch_end: bool) -> bool:

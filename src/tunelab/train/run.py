@@ -44,6 +44,7 @@ import torch
 from ..config import DataConfig, ExperimentConfig, save_resolved
 from ..errors import TunelabError
 from ..io import write_json, write_jsonl, write_text
+from . import distributed
 from .batching import Layout
 from .checkpoint import FINGERPRINT_SECTIONS, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import Dist
@@ -180,7 +181,7 @@ def weights_digest(params: dict[str, torch.nn.Parameter]) -> str:
 
     h = hashlib.sha256()
     for name in sorted(params):
-        tensor = params[name].detach().to("cpu").contiguous()
+        tensor = distributed.full(params[name].detach()).to("cpu").contiguous()
         h.update(name.encode())
         h.update(str(tensor.dtype).encode())
         h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
@@ -244,13 +245,26 @@ def _compile_layers(model) -> None:
 # -- run directory ------------------------------------------------------------------------------------
 
 
-def _identity(config: ExperimentConfig, dataset_hash: str) -> dict[str, Any]:
+def _identity(config: ExperimentConfig, dataset_hash: str, dist: Dist | None = None) -> dict[str, Any]:
     resolved = config.resolved()
     return {
         "sections": {s: resolved[s] for s in FINGERPRINT_SECTIONS},
         "fingerprint": config.fingerprint(*FINGERPRINT_SECTIONS),
         "dataset_hash": dataset_hash,
+        "world_size": dist.world if dist is not None else 1,  # the global batch depends on it
+        "fsdp": bool(dist is not None and dist.fsdp),  # the optimizer state is then keyed by name
     }
+
+
+def _check_fsdp(config: ExperimentConfig) -> None:
+    if config.method.name == "qlora":
+        raise TunelabError("method qlora cannot be sharded with FSDP (its 4-bit weights are not shardable "
+                           "tensors); launch with configs/accelerate/ddp.yaml, or use lora")
+    if config.train.compile:
+        raise TunelabError("train.compile is not supported with FSDP here; set train.compile: false")
+    if config.train.eval_generate_every:
+        raise TunelabError("train.eval_generate_every is not supported with FSDP (generation would have to run "
+                           "on every process); leave it unset, and evaluate after training with tunelab eval")
 
 
 def _move_into(src: Path, dst: Path) -> None:
@@ -261,9 +275,10 @@ def _move_into(src: Path, dst: Path) -> None:
         os.replace(item, target)
 
 
-def save_artifacts(run_dir: Path, model, tokenizer, adapter: bool) -> dict[str, Any]:
+def save_artifacts(run_dir: Path, model, tokenizer, adapter: bool, state_dict: dict | None = None) -> dict[str, Any]:
     """The trained adapter or model, the tokenizer and its chat template, into run_dir (each file renamed
-    into place from a temporary directory, so a crash leaves the previous files, never half of one)."""
+    into place from a temporary directory, so a crash leaves the previous files, never half of one).
+    state_dict: the whole weights when the model itself holds FSDP shards."""
     tmp = Path(tempfile.mkdtemp(prefix=".artifacts.", dir=run_dir))
     try:
         if not adapter:
@@ -272,7 +287,7 @@ def save_artifacts(run_dir: Path, model, tokenizer, adapter: bool) -> dict[str, 
             stops = stop_token_ids(tokenizer)
             if stops and getattr(model, "generation_config", None) is not None:
                 model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(tmp)
         if tokenizer.chat_template:
             (tmp / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
@@ -390,8 +405,13 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
 
     model, targets = build_model(config, device, start_adapter)
     params = trainable_parameters(model)
+    fsdp = dist is not None and dist.fsdp
     if dist is not None:
         dist.broadcast_params(params.values())  # every process starts from rank 0's weights
+    if fsdp:
+        _check_fsdp(config)
+        distributed.shard_model(model, dist)
+        params = trainable_parameters(model)  # the same names, now sharded
     start_digest = weights_digest(params) if method.adapter else None
     if cfg.compile:
         _compile_layers(model)
@@ -405,15 +425,18 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
     steps_per_epoch, total_steps = count_steps(len(train), cfg, world)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, config.method.embedding_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
-    identity = _identity(config, dataset_hash)
-    identity["world_size"] = world  # the global batch and the data order depend on it
+    identity = _identity(config, dataset_hash, dist)
     is_main = dist is None or dist.is_main
 
     def save(state: TrainState, best: dict[str, torch.Tensor] | None) -> Path | None:
+        # under FSDP every process takes part in gathering the whole weights and optimizer state
+        weights = distributed.gather(params) if fsdp else None
+        opt_state = distributed.full_optimizer_state(model, optimizer) if fsdp else None
         if not is_main:
             return None
         return save_checkpoint(run_dir, params=params, optimizer=optimizer, scheduler=scheduler, state=state,
-                               identity=identity, keep_last=cfg.keep_last, best=best, scaler=scaler)
+                               identity=identity, keep_last=cfg.keep_last, best=best, scaler=scaler,
+                               weights=weights, optimizer_state=opt_state)
 
     def flush_log(rows: list[dict[str, Any]]) -> None:
         if is_main:
@@ -443,10 +466,14 @@ def _restore(config: ExperimentConfig, session: _Session) -> TrainState:
     if path is None:
         raise TunelabError(f"nothing to resume: {run_dir / 'checkpoints'} has no checkpoint; run without --resume")
     setup = session.setup
-    identity = _identity(config, session.dataset_hash)
-    identity["world_size"] = setup.world
-    restored = load_checkpoint(path, params=setup.params, optimizer=setup.optimizer, scheduler=setup.scheduler,
-                               identity=identity, scaler=setup.scaler)
+    fsdp = setup.dist is not None and setup.dist.fsdp
+    restored = load_checkpoint(
+        path, params=setup.params, optimizer=setup.optimizer, scheduler=setup.scheduler,
+        identity=_identity(config, session.dataset_hash, setup.dist), scaler=setup.scaler,
+        load_params=distributed.load_whole if fsdp else None,
+        load_optimizer=(lambda state: distributed.load_optimizer_state(session.model, setup.optimizer, state))
+        if fsdp else None,
+    )
     setup.best = restored.best
     return restored.state
 
@@ -571,8 +598,10 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
                     bar.close()
     adapter = get_method(config.method.name).adapter
     artifact = None
-    if outcome.status != "interrupted" and is_main:
-        artifact = save_artifacts(run_dir, session.model, session.tokenizer, adapter)
+    if outcome.status != "interrupted":
+        whole = distributed.full_state_dict(session.model) if dist is not None and dist.fsdp else None
+        if is_main:
+            artifact = save_artifacts(run_dir, session.model, session.tokenizer, adapter, whole)
     summary = _summary(config, session, outcome.state, outcome.status, outcome.last_eval,
                        time.perf_counter() - started, artifact)
     summary["end_weights_sha256"] = weights_digest(setup.params) if adapter else None
