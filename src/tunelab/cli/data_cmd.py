@@ -123,3 +123,8 @@ def inspect(
     tokenizer = load_tokenizer(model)
     result = inspect_dataset(dataset, tokenizer, max_length, split=split, n_examples=examples)
     emit(result, as_json, lambda c: render_inspection(result, c))
+
+
+from .synth_cmd import synth  # noqa: E402  (its own module: the synth command has many options)
+
+app.command("synth")(synth)

@@ -1,0 +1,70 @@
+"""The local teacher path on the tiny random model: its replies are gibberish, so this checks the
+plumbing (prompts rendered through the chat template, batched generation, the call cache) and that
+every failure is counted by its reason and nothing of it is written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.config import SynthConfig
+from tunelab.errors import TunelabError
+from tunelab.llm import backend_from_spec
+from tunelab.synth.run import run
+
+SHORT_PROMPT = """version: tiny/1
+about: short enough for the tiny model's 256 positions
+[system]
+JSON only.
+[user]
+$n Q/A as {"pairs": [...]} about: $text
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_local_teacher_failures_are_counted_by_reason_and_resumed_from_cache(tiny_model_dir, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\n## One\n\nThe fox jumps over the dog twice a day.\n\n"
+                               "## Two\n\nThe cat sleeps in the sun every afternoon.\n\n"
+                               "## Long\n\n" + "The dog runs far across the field. " * 40 + "\n")
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "qa.txt").write_text(SHORT_PROMPT)
+    cfg = SynthConfig(docs=docs, teacher="local:unused", chunk_tokens=400, chunk_overlap=0, min_chunk_tokens=3,
+                      per_chunk=1, max_tokens=6, parse_retries=0, prompts=prompts)
+
+    def backend():
+        return backend_from_spec(f"local:{tiny_model_dir}", cache=tmp_path / "cache", batch_size=2, threads=1)
+
+    teacher = backend()
+    with pytest.raises(TunelabError) as err:
+        run(cfg, tmp_path / "out", teacher=teacher)
+    msg = str(err.value)
+    # two short chunks: gibberish, not JSON; the long one does not fit the tiny model's 256 positions
+    # (re-asking is left out here: the re-ask carries the JSON schema, which would not fit either)
+    assert "no records kept from 3 chunk(s)" in msg
+    assert "'invalid_json': 2" in msg and "'generation_error': 1" in msg
+    assert "context is 256" in msg
+    assert not (tmp_path / "out").exists()
+    assert teacher.cache.stats()["writes"] == 2  # the gibberish replies; failed generations are not cached
+
+    # the re-run replays the cached replies without loading the model; the failed one is tried again
+    again = backend()
+    with pytest.raises(TunelabError) as err2:
+        run(cfg, tmp_path / "out", teacher=again)
+    assert str(err2.value).split("e.g.")[0] == msg.split("e.g.")[0]
+    assert again.cache.stats()["hits"] == 2 and again.cache.stats()["misses"] == 1
+    # with only cached calls left, the model is never loaded
+    (docs / "a.md").write_text((docs / "a.md").read_text().split("## Long")[0])
+    third = backend()
+    with pytest.raises(TunelabError, match="'invalid_json': 2"):
+        run(cfg, tmp_path / "out", teacher=third)
+    assert third.cache.stats()["misses"] == 0 and third.backend._generator is None
