@@ -168,9 +168,10 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
                 if cell.get("value") is not None:
                     tr.log_metrics({f"{row['id']}.{name}": cell["value"]})
         tr.log_artifacts(compared.out_dir, artifact_path="compare")
-    for res in compared.results:
+        compare_id = getattr(tr, "id", None)
+    for res in compared.results:  # each freshly evaluated variant, nested under the compare run
         if not res.cached:
-            compare_run.track_variant(tracker, config, res, dataset_hash)
+            compare_run.track_variant(tracker, config, res, dataset_hash, parent=compare_id)
     result.compare = compared
     result.steps.append({"step": "evaluate + compare", "status": "ran",
                          "evaluated": [r.variant.id for r in compared.results if not r.cached],

@@ -190,12 +190,13 @@ def _train_log(weights: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def track_variant(tracker: Any, config: ExperimentConfig, res: VariantResult, dataset_hash: str) -> None:
+def track_variant(tracker: Any, config: ExperimentConfig, res: VariantResult, dataset_hash: str,
+                  parent: str | None = None) -> None:
     """One MLflow eval run for a freshly evaluated variant: its metrics, cost and predictions."""
     v = res.variant
     tags = {"variant": v.id, "base_model": v.model, "variant_kind": v.kind, "rag": str(v.rag),
             "dataset_hash": dataset_hash}
-    with tracker.run("eval", name=f"eval {v.label}", tags=tags) as run:
+    with tracker.run("eval", name=f"eval {v.label}", tags=tags, parent=parent) as run:
         metrics = {name: cell["value"] for name, cell in res.summary.get("metrics", {}).items()
                    if isinstance(cell, dict) and cell.get("value") is not None}
         for name, cell in (res.summary.get("judge") or {}).get("metrics", {}).items():
