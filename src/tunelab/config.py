@@ -226,7 +226,7 @@ class EvalConfig(Section):
     batch_size: int = Field(16, gt=0)
     judge: JudgeConfig | None = Field(None, description="Score answers with an LLM judge as well.")
     baseline: bool = Field(False, description="With an adapter: also score the base model on the benchmarks "
-                           "(default hellaswag + truthfulqa_mc1, 200 items each) and report the change.")
+                           "(default hellaswag + truthfulqa_mc1, 100 items each) and report the change.")
 
 
 # ------------------------------------------------------------------------------------------------- rag

@@ -137,3 +137,37 @@ def test_eval_cli_baseline(tiny_model_dir, tmp_path):
 
     res = runner.invoke(app, ["eval", "--model", str(tiny_model_dir), "--baseline"])
     assert res.exit_code == 2 and "--baseline compares the tuned model with its base: give --adapter" in res.output
+
+
+SHARED = Path(__file__).parents[3] / "shared" / "benchmarks"
+
+
+@pytest.mark.slow
+def test_smollm2_adapter_forgetting_check(tmp_path):
+    """The real bundled model with a perturbed LoRA on q/v: the adapter check passes, the base side of the
+    check equals the plain model, and the report covers both default benchmarks."""
+    if not (SHARED / "hellaswag_val.jsonl").is_file():
+        pytest.skip("../shared/benchmarks is missing")
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.evaluate.adapter_checks import load_with_adapter
+    from tunelab.evaluate.baseline import DEFAULT_BENCHMARKS
+    from tunelab.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
+    plain = run_benchmarks(model, tok, list(DEFAULT_BENCHMARKS), limit=6, batch_size=16, benchmark_dir=SHARED)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    tuned, tok, report = load_with_adapter("smollm2-135m-instruct", tmp_path / "adapter")
+    assert report.changes_outputs and report.warnings == []
+    res = run_baseline(tuned, tok, limit=6, batch_size=16, benchmark_dir=SHARED)
+    assert [c["benchmark"] for c in res["changes"]] == ["hellaswag", "hellaswag", "truthfulqa_mc1"]
+    for name in DEFAULT_BENCHMARKS:
+        for metric, value in plain["benchmarks"][name]["metrics"].items():
+            assert res["base"]["benchmarks"][name]["metrics"][metric] == pytest.approx(value, abs=1e-9)

@@ -176,3 +176,39 @@ def test_bad_settings_and_specs_are_clear_errors():
         OpenAIBackend("m", "localhost:1/v1")
     with pytest.raises(TunelabError, match="has no option.*batch_size.*accepts: api_key_env"):
         backend_from_spec("openai:m@http://localhost:1/v1", batch_size=3)
+
+
+def test_max_completion_tokens_fallback(server, Reply):
+    def responder(body):
+        if "max_tokens" in body:
+            return Reply(status=400, raw='{"error": {"message": "Unsupported parameter: \'max_tokens\'. '
+                                         'Use \'max_completion_tokens\' instead."}}')
+        return f"limit {body['max_completion_tokens']}"
+
+    server.responder = responder
+    backend = OpenAIBackend("m", server.base_url)
+    assert backend.complete([conv("x")], max_tokens=12)[0].text == "limit 12"
+    assert backend.complete([conv("y")], max_tokens=7)[0].text == "limit 7"
+    assert len(server.requests) == 3  # one rejected request, then the right name every time
+
+
+def test_ctrl_c_stops_requests_waiting_to_retry(server, Reply):
+    import threading
+
+    server.responder = lambda body: (Reply(status=500, headers={"Retry-After": "30"})
+                                     if body["messages"][0]["content"] == "fail" else "fine")
+    backend = OpenAIBackend("m", server.base_url, concurrency=2, backoff_s=30, backoff_max_s=30)
+
+    def interrupt(i, comp):
+        time.sleep(0.2)  # let the failing request reach its backoff wait
+        raise KeyboardInterrupt
+
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        backend.complete([conv("fine"), conv("fail")], on_result=interrupt)
+    deadline = time.time() + 5
+    while any(t.name.startswith("tunelab-openai") for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name.startswith("tunelab-openai") for t in threading.enumerate())
+    assert time.perf_counter() - start < 5  # not the 30 s backoff
+    assert sum(r["body"]["messages"][0]["content"] == "fail" for r in server.requests) == 1

@@ -2,7 +2,7 @@
 with an optional adapter; an LLM judge (--judge SPEC) and the forgetting check (--baseline) on top.
 
     tunelab eval --data eval.jsonl --judge openai:llama3.1@http://localhost:11434/v1 -o out/
-    tunelab eval --adapter runs/exp/train --baseline            # hellaswag + truthfulqa_mc1, 200 each
+    tunelab eval --adapter runs/exp/train --baseline            # hellaswag + truthfulqa_mc1, 100 each
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def evaluate(
     metrics: str = typer.Option("rougeL,bleu,token_f1", "--metrics", help="Comma-separated metric names."),
     benchmark: str | None = typer.Option(None, "--benchmark", help="Comma-separated: truthfulqa_mc1, truthfulqa_mc2, hellaswag, arc_easy, arc_challenge."),
     benchmark_dir: Path | None = typer.Option(None, "--benchmark-dir", help="Where benchmark files are (default: ../shared/benchmarks)."),
-    limit: int | None = typer.Option(None, "--limit", help="First N rows of each benchmark / of the data (--baseline default: 200)."),
+    limit: int | None = typer.Option(None, "--limit", help="First N rows of each benchmark / of the data (--baseline default: 100)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     batch_size: int = typer.Option(16, "--batch-size"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write predictions JSONL and summary JSON here."),

@@ -1,7 +1,7 @@
 """The forgetting check: the base model and the tuned one on the same benchmark slice, side by side.
 
     peft_model, tokenizer, report = load_with_adapter("smollm2-135m-instruct", Path("runs/exp/train"))
-    result = run_baseline(peft_model, tokenizer, ["hellaswag", "truthfulqa_mc1"], limit=200)
+    result = run_baseline(peft_model, tokenizer, ["hellaswag", "truthfulqa_mc1"], limit=100)
     result["changes"]     # per benchmark metric: base, tuned, change, stderrs, verdict
     result["forgetting"]  # True when some metric got worse by more than its combined standard error
 
@@ -11,11 +11,12 @@ Why this way:
 - One model in memory: the adapter is applied once and the base model is scored inside PEFT's
   `disable_adapter()`, so base and tuned see identical weights, items, batch size and padding (the
   settings scores move with); only the adapter differs.
-- The default slice is hellaswag + truthfulqa_mc1, the first 200 items of each: general
+- The default slice is hellaswag + truthfulqa_mc1, the first 100 items of each: general
   commonsense completion and resistance to imitating falsehoods, the abilities domain fine-tuning
-  most often erodes; both are in ../shared/benchmarks. At n=200 an accuracy near 0.3-0.5 has a
-  standard error of ~0.033, so only drops of about 5 points or more are flagged; raise --limit for a
-  finer check (the whole sets: 10042 and 817 items).
+  most often erodes; both are in ../shared/benchmarks. It is a quick check (two models x ~870
+  scored continuations, minutes on a laptop CPU): at n=100 an accuracy near 0.3-0.5 has a standard
+  error of ~0.05, so only drops of roughly 7 points or more are flagged. Raise --limit for a finer
+  check (the whole sets: 10042 and 817 items).
 - The flag: change = tuned - base; it "exceeds" when |change| > sqrt(se_base^2 + se_tuned^2), the
   combined standard error of two independent means (as asked of a quick forgetting check; it ignores
   that both ran on the same items, so it is conservative). The paired standard error (of per-item
@@ -37,7 +38,7 @@ from .benchmarks.base import mean_and_stderr
 from .benchmarks.run import items_file, run_benchmarks
 
 DEFAULT_BENCHMARKS = ("hellaswag", "truthfulqa_mc1")
-DEFAULT_LIMIT = 200
+DEFAULT_LIMIT = 100
 BASELINE_FILE = "baseline.json"
 RULE = ("change = tuned - base; flagged when |change| > sqrt(stderr_base^2 + stderr_tuned^2) (combined standard "
         "error, unpaired, conservative); stderr_paired is the standard error of per-item differences")
@@ -137,23 +138,31 @@ def compare(
 def _fmt(value: float | None, sign: bool = False) -> str:
     if value is None:
         return "-"
-    return f"{value:+.4f}" if sign else f"{value:.4f}"
+    return f"{value:+.3f}" if sign else f"{value:.3f}"
 
 
 def render_baseline(result: dict[str, Any]):
-    """A rich Table: base, tuned, change and verdict per benchmark metric."""
+    """A rich Table: base, tuned, change ± combined stderr, paired stderr and verdict per metric
+    (3 decimals, to fit 80 columns; the JSON has full precision)."""
+    from rich import box
     from rich.table import Table
 
+    sizes = sorted({c["n"] for c in result["changes"]})
     table = Table(
-        title=f"Forgetting check: base vs tuned on the same items (limit {result['limit']})",
-        caption="change = tuned - base; 'worse'/'better' when |change| > combined stderr "
-        "sqrt(se_base² + se_tuned²); paired se of per-item differences for reference",
+        title=f"Forgetting check: base vs tuned on the same {'/'.join(map(str, sizes))} items per benchmark",
+        caption="change = tuned - base ± combined stderr sqrt(se_base² + se_tuned²); worse/better when |change| "
+        "exceeds it; paired: stderr of the per-item differences",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
     )
-    for col in ("benchmark", "metric", "n", "base", "tuned", "change", "± combined se", "± paired se", "verdict"):
-        table.add_column(col, justify="left" if col in ("benchmark", "metric", "verdict") else "right")
+    for col in ("benchmark", "metric", "base", "tuned", "change ± se", "paired", "verdict"):
+        table.add_column(col, justify="left" if col in ("benchmark", "metric", "verdict") else "right", no_wrap=True)
     for c in result["changes"]:
         style = {"worse": "red", "better": "green"}.get(c["verdict"], "")
-        table.add_row(c["benchmark"], c["metric"], str(c["n"]), _fmt(c["base"]), _fmt(c["tuned"]),
-                      _fmt(c["change"], sign=True), _fmt(c["stderr_combined"]), _fmt(c["stderr_paired"]),
-                      f"[{style}]{c['verdict']}[/]" if style else c["verdict"])
+        change = _fmt(c["change"], sign=True)
+        if c["stderr_combined"] is not None:
+            change += f" ± {_fmt(c['stderr_combined'])}"
+        table.add_row(c["benchmark"], c["metric"], _fmt(c["base"]), _fmt(c["tuned"]), change,
+                      _fmt(c["stderr_paired"]), f"[{style}]{c['verdict']}[/]" if style else c["verdict"])
     return table

@@ -258,7 +258,7 @@ def judge_predictions(
 
 def _structured(backend, convs, schema, retries, calls, check=None) -> list[StructuredResult]:
     results = complete_structured(backend, convs, schema, retries=retries, temperature=0.0,
-                                  max_tokens=768 if schema is not Rating else 384, check=check)
+                                  max_tokens=768 if schema is not Rating else 256, check=check)
     calls["calls"] += sum(r.attempts for r in results)
     calls["cached"] += sum(r.attempts for r in results if r.cached)
     return results

@@ -10,9 +10,12 @@ Behaviour, and why:
   (a Retry-After header is honoured, capped); other 4xx are the caller's mistake and are not
   retried. After the last attempt the item becomes a failed Completion whose message names the URL,
   the HTTP status and the start of the server's reply.
-- `json_mode` sends `response_format={"type": "json_object"}`; many local servers reject it with a
-  400 that mentions response_format, after which the backend stops sending it (the structured
-  layer still validates the JSON it gets).
+- `json_mode` sends `response_format={"type": "json_object"}`; some servers reject it with a 400
+  (or 422) that mentions response_format, after which the backend stops sending it (the structured
+  layer still validates the JSON it gets). Likewise a 400 asking for `max_completion_tokens` (newer
+  OpenAI models) switches the length parameter to that name.
+- Ctrl-C: requests not yet sent are dropped and requests waiting to retry give up, so the call
+  returns at once and the cache keeps exactly the answers that arrived.
 - A circuit breaker: after `breaker` requests in a row could not connect at all, the rest fail at
   once instead of each waiting through its retries against a server that is down.
 - The API key is read from an environment variable (default OPENAI_API_KEY) and sent only as the
@@ -117,6 +120,7 @@ class OpenAIBackend:
         self.breaker = breaker
         self.name = f"openai:{model}@{self.base_url}"
         self.json_mode_supported = True
+        self.token_limit_param = "max_tokens"
         key = os.environ.get(api_key_env) if api_key_env else None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._has_key = bool(key)
@@ -156,8 +160,10 @@ class OpenAIBackend:
             return []
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations)),
                                   thread_name_prefix="tunelab-openai")
+        stop_event = threading.Event()  # set on Ctrl-C: requests still retrying give up at once
         try:
-            futures = {pool.submit(self._one, list(c), params, json_mode): i for i, c in enumerate(conversations)}
+            futures = {pool.submit(self._one, list(c), params, json_mode, stop_event): i
+                       for i, c in enumerate(conversations)}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -169,17 +175,22 @@ class OpenAIBackend:
         except BaseException:
             # Ctrl-C or a failing callback: requests not yet sent are dropped, so the caller's
             # cache holds exactly the answers that came back.
+            stop_event.set()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
         return results  # type: ignore[return-value]
 
     # -- one request with retries ---------------------------------------------------------------
-    def _one(self, messages: Conversation, params: dict[str, Any], json_mode: bool) -> Completion:
+    def _one(self, messages: Conversation, params: dict[str, Any], json_mode: bool,
+             stop_event: threading.Event) -> Completion:
         start = time.perf_counter()
         attempt = 0
         last: _Retryable | None = None
         while True:
+            if stop_event.is_set():
+                return Completion.failure(CONNECTION_ERROR, "not sent: the run was interrupted",
+                                          time.perf_counter() - start, attempt)
             if self._connect_failures >= self.breaker:
                 return Completion.failure(
                     CONNECTION_ERROR,
@@ -194,7 +205,7 @@ class OpenAIBackend:
                 last = exc
                 if attempt > self.max_retries:
                     break
-                time.sleep(backoff_delay(attempt, self.backoff_s, self.backoff_max_s, self._rng, exc.retry_after))
+                stop_event.wait(backoff_delay(attempt, self.backoff_s, self.backoff_max_s, self._rng, exc.retry_after))
                 continue
             except _Final as exc:
                 self._reached_server()
@@ -219,6 +230,8 @@ class OpenAIBackend:
 
     def _post(self, messages: Conversation, params: dict[str, Any], json_mode: bool) -> Completion:
         body: dict[str, Any] = {"model": self.model, "messages": messages, **params}
+        if self.token_limit_param != "max_tokens" and "max_tokens" in body:
+            body[self.token_limit_param] = body.pop("max_tokens")
         with_format = json_mode and self.json_mode_supported
         if with_format:
             body["response_format"] = {"type": "json_object"}
@@ -232,10 +245,14 @@ class OpenAIBackend:
         if status == 200:
             return _parse(resp, self.url)
         excerpt = resp.text[:300].replace("\n", " ")
-        if status == 400 and with_format and "response_format" in resp.text:
+        if status in (400, 422) and with_format and "response_format" in resp.text:
             # The server does not do JSON mode; ask again without it (not counted as a retry).
             self.json_mode_supported = False
             return self._post(messages, params, json_mode=False)
+        if status == 400 and self.token_limit_param == "max_tokens" and "max_completion_tokens" in resp.text:
+            # Newer OpenAI models take the answer length as max_completion_tokens only.
+            self.token_limit_param = "max_completion_tokens"
+            return self._post(messages, params, json_mode)
         if status == 429 or status >= 500:
             raise _Retryable(HTTP_ERROR, f"HTTP {status}: {excerpt}", _retry_after(resp))
         hint = ""
