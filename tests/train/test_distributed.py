@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from safetensors.torch import load_file
 
 from tunelab.io import read_jsonl
 from tunelab.train import run
-from tunelab.train.distributed import Dist, _buckets, setup
+from tunelab.train.distributed import Dist, _buckets, _fsdp_options, setup
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 
 SETTINGS = dict(data={"split": {"train": 0.75, "validation": 0.25}},
                 train={"epochs": 1, "lr": 1e-2, "eval_every": 2})
@@ -133,3 +136,60 @@ def test_gradient_buckets_keep_order_and_split_by_size(monkeypatch):
     assert [len(b) for b in buckets] == [2, 1, 1]
     assert all(a is b for a, b in zip([g for b in buckets for g in b], grads, strict=True))
     assert Dist(0, 1, 1, torch.device("cpu"), "gloo").is_main
+
+
+def _launch_env(name: str) -> dict[str, str]:
+    """The environment `accelerate launch --config_file configs/accelerate/<name>.yaml` gives each process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(CONFIGS / f"{name}.yaml"), "train.py"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        return prepare_deepspeed_cmd_env(args)[1]
+    return prepare_multi_gpu_env(args)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("ddp", (False, True, False)),
+    ("fsdp", (True, True, False)),
+    ("deepspeed_zero2", (True, False, False)),
+    ("deepspeed_zero3", (True, True, False)),
+])
+def test_shipped_accelerate_configs_map_to_the_sharding_they_name(name, expected, monkeypatch):
+    import importlib.util
+
+    for key in [k for k in os.environ if k.startswith(("ACCELERATE_", "FSDP_"))]:
+        monkeypatch.delenv(key)
+    for key, value in _launch_env(name).items():
+        if key.startswith(("ACCELERATE_", "FSDP_")):
+            monkeypatch.setenv(key, value)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # as on a GPU machine with DeepSpeed installed
+                        lambda n, *a: object() if n == "deepspeed" else real_find_spec(n, *a))
+    fsdp, reshard, offload, note = _fsdp_options(cuda=True)
+    assert (fsdp, reshard, offload) == expected
+    if name.startswith("deepspeed"):
+        assert f"ZeRO-{name[-1]}" in note and "FSDP2" in note
+        with pytest.raises(Exception, match="need CUDA GPUs"):
+            _fsdp_options(cuda=False)
+
+
+def test_deepspeed_offload_mapping(monkeypatch, tmp_path):
+    import importlib.util
+
+    from tunelab.errors import TunelabError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "deepspeed" else real_find_spec(n, *a))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(config))
+    assert _fsdp_options(cuda=True)[:3] == (True, True, True)
+    config.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme"}}}))
+    with pytest.raises(TunelabError, match="offload to nvme is not supported"):
+        _fsdp_options(cuda=True)
+    config.write_text(json.dumps({"zero_optimization": {"stage": 0}}))
+    assert _fsdp_options(cuda=True)[0] is False

@@ -30,7 +30,7 @@ def spy_loop(monkeypatch):
     original = run_module.run_loop
 
     def spy(setup, state):
-        starts.append({n: p.detach().clone() for n, p in setup.params.items()})
+        starts.append({n: p.detach().to("cpu", copy=True) for n, p in setup.params.items()})
         return original(setup, state)
 
     monkeypatch.setattr(run_module, "run_loop", spy)
@@ -150,7 +150,7 @@ def test_a_different_method_starts_from_the_merged_adapter(make_config, tmp_path
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged[q], base[q])  # the adapter really was merged in
     final = AutoModelForCausalLM.from_pretrained(run_dir)
-    trained = result.model.state_dict()
+    trained = {k: v.cpu() for k, v in result.model.state_dict().items()}
     assert all(torch.equal(final.state_dict()[k], trained[k]) for k in (q, "model.norm.weight"))
 
 

@@ -28,9 +28,13 @@ a collective. Checkpoints and artifacts hold whole tensors gathered from the sha
 same files as without FSDP. Not under FSDP: QLoRA (4-bit weights), torch.compile and generation during
 training (train.eval_generate_every), each refused with a message.
 
-DeepSpeed configs are recognized (ACCELERATE_USE_DEEPSPEED) and refused with a clear message: DeepSpeed
-is not installed here, and where it is, tunelab's loop does not hand the model to a DeepSpeed engine;
-fsdp.yaml gives the same ZeRO-3 sharding with torch alone.
+DeepSpeed ZeRO configs (ACCELERATE_USE_DEEPSPEED; `accelerate launch` itself needs DeepSpeed installed
+to start them) are run with the sharding they ask for, done by FSDP2 rather than by a DeepSpeed engine
+(tunelab's loop owns the loss normalisation and checkpoints): ZeRO-3 = parameters, gradients and optimizer
+state sharded, layers freed after their forward (FSDP FULL_SHARD); ZeRO-1/2 = the same without freeing
+layers between forward and backward (FSDP SHARD_GRAD_OP, which PyTorch documents as the ZeRO-2 analogue);
+offload to "cpu" keeps the shards in CPU memory. The run's summary says so in its warnings. Where
+DeepSpeed or a GPU is missing the run stops with a message naming what is missing.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class Dist:
     fsdp: bool = False
     reshard_after_forward: bool = True
     offload: bool = False
+    note: str | None = None  # how a DeepSpeed config was mapped, for the run's warnings
 
     @property
     def is_main(self) -> bool:
@@ -184,7 +189,8 @@ def shard_model(model: nn.Module, dist: Dist) -> None:
     for module in causal.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # sums: the loss is normalised by the global tokens
-            module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no pre-multiplied sum)
+            if hasattr(module, "set_force_sum_reduction_for_comms"):  # torch >= 2.8
+                module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no pre-multiplied sum)
 
 
 def reshard(model: nn.Module) -> None:
@@ -252,52 +258,70 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
 
 
-def check_backend(cuda: bool) -> None:
-    """FSDP and DeepSpeed configs: say clearly why they cannot run here."""
-    if _flag("ACCELERATE_USE_DEEPSPEED"):
-        import importlib.util
+def _deepspeed_options(cuda: bool) -> tuple[bool, bool, bool, str]:
+    """(fsdp, reshard_after_forward, offload, note) for a DeepSpeed ZeRO config; raises where it cannot run."""
+    import importlib.util
+    import json
 
-        if importlib.util.find_spec("deepspeed") is None:
-            raise TunelabError(
-                "this run was launched with a DeepSpeed config (ACCELERATE_USE_DEEPSPEED=true), but DeepSpeed is "
-                "not installed. DeepSpeed needs CUDA GPUs and builds its kernels with a compiler: install it on "
-                "the GPU machines (pip install deepspeed), or launch with configs/accelerate/ddp.yaml or fsdp.yaml"
-            )
-        if not cuda:
-            raise TunelabError("DeepSpeed ZeRO configs need CUDA GPUs; none is visible to this process")
+    if importlib.util.find_spec("deepspeed") is None:
         raise TunelabError(
-            "DeepSpeed is installed, but tunelab's training loop drives data parallelism itself (token-normalised "
-            "gradients across processes) and does not hand the model to a DeepSpeed engine; launch with "
-            "configs/accelerate/fsdp.yaml, which shards parameters, gradients and optimizer state like ZeRO-3"
-        )
+            "this run was launched with a DeepSpeed config (ACCELERATE_USE_DEEPSPEED=true), but DeepSpeed is "
+            "not installed. DeepSpeed needs CUDA GPUs and builds its kernels with a compiler: install it on "
+            "the GPU machines (pip install deepspeed), or launch with configs/accelerate/ddp.yaml or fsdp.yaml")
+    if not cuda:
+        raise TunelabError("DeepSpeed ZeRO configs need CUDA GPUs; none is visible to this process")
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    offload = {os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none"),
+               os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")}
+    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if config_file and config_file != "None":
+        try:
+            zero = json.loads(open(config_file, encoding="utf-8").read()).get("zero_optimization", {})
+        except (OSError, ValueError) as exc:
+            raise TunelabError(f"DeepSpeed config {config_file}: cannot read it ({exc})") from None
+        stage = str(zero.get("stage", stage or 0))
+        offload |= {str((zero.get(k) or {}).get("device", "none")) for k in ("offload_optimizer", "offload_param")}
+    offload = {o.lower() for o in offload} - {"none", ""}
+    if offload - {"cpu"}:
+        raise TunelabError(f"DeepSpeed offload to {', '.join(sorted(offload - {'cpu'}))} is not supported by "
+                           "tunelab's sharding; offload to cpu, or not at all")
+    level = int(stage or 0)
+    if level == 0:
+        return False, True, False, "DeepSpeed ZeRO stage 0 config: plain data parallelism (no sharding)"
+    note = (f"DeepSpeed ZeRO-{level} config: tunelab shards with torch FSDP2 instead of a DeepSpeed engine "
+            f"({'FULL_SHARD, as ZeRO-3' if level == 3 else 'SHARD_GRAD_OP, the ZeRO-2 analogue'}"
+            f"{', shards offloaded to CPU' if offload else ''})")
+    return True, level == 3, bool(offload), note
 
 
-def _fsdp_options() -> tuple[bool, bool, bool]:
-    """(fsdp, reshard_after_forward, offload) from accelerate's FSDP environment."""
+def _fsdp_options(cuda: bool) -> tuple[bool, bool, bool, str | None]:
+    """(fsdp, reshard_after_forward, offload, note) from accelerate's FSDP or DeepSpeed environment."""
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        return _deepspeed_options(cuda)
     if not _flag("ACCELERATE_USE_FSDP"):
-        return False, True, False
+        return False, True, False, None
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower()
     # FSDP1 configs name a sharding strategy here; SHARD_GRAD_OP (ZeRO-2) keeps layers gathered.
     keep = reshard in ("false", "0", "shard_grad_op", "2", "no_shard", "3", "_hybrid_shard_zero2", "5")
-    return True, not keep, _flag("FSDP_OFFLOAD_PARAMS")
+    return True, not keep, _flag("FSDP_OFFLOAD_PARAMS"), None
 
 
 def setup(device_choice: str) -> Dist | None:
-    """Join the process group when a launcher started several processes (or one under an FSDP config);
-    None for a plain single process."""
-    fsdp, reshard, offload = _fsdp_options()
-    if world_size() <= 1 and not (fsdp and "LOCAL_RANK" in os.environ):
+    """Join the process group when a launcher started several processes (or one under an FSDP or
+    DeepSpeed config); None for a plain single process."""
+    launched = _flag("ACCELERATE_USE_FSDP") or _flag("ACCELERATE_USE_DEEPSPEED")
+    if world_size() <= 1 and not (launched and "LOCAL_RANK" in os.environ):
         return None
     want_cuda = device_choice in ("auto", "cuda") or device_choice.startswith("cuda")
     cuda = want_cuda and torch.cuda.is_available()
     if device_choice.startswith("cuda") and not cuda:
         raise TunelabError(f"model.device {device_choice} was requested for a multi-process run, but no CUDA GPU "
-                           "is visible; launch with --cpu (gloo) or on GPU machines")
-    check_backend(cuda)
+                           "is visible; launch on GPU machines, or on CPU with torchrun (gloo)")
+    fsdp, reshard, offload, note = _fsdp_options(cuda)
     from accelerate import PartialState
 
     state = PartialState(cpu=not cuda)
-    if state.num_processes <= 1 and not fsdp:
+    if state.num_processes <= 1 and not launched:
         raise TunelabError(f"WORLD_SIZE={world_size()} but accelerate did not join a process group "
                            f"(backend {state.backend}); launch with `accelerate launch` or `torchrun`")
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
@@ -305,7 +329,7 @@ def setup(device_choice: str) -> Dist | None:
     if offload and device.type != "cuda":
         raise TunelabError("FSDP_OFFLOAD_PARAMS=true offloads GPU shards to CPU memory; this run has no GPU")
     return Dist(state.process_index, state.num_processes, max(1, local_world), device, str(state.backend),
-                fsdp, reshard, offload)
+                fsdp, reshard, offload, note)
 
 
 def shard(indices: Sequence[int], dist: Dist | None) -> list[int]:

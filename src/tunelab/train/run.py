@@ -410,6 +410,8 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
         dist.broadcast_params(params.values())  # every process starts from rank 0's weights
     if fsdp:
         _check_fsdp(config)
+        if dist.note:
+            warnings.append(dist.note)
         distributed.shard_model(model, dist)
         params = trainable_parameters(model)  # the same names, now sharded
     start_digest = weights_digest(params) if method.adapter else None
