@@ -47,15 +47,24 @@ def _as_params(saved: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for k, v in saved.items()}
 
 
-def _staged(make_config, tmp_path, name="staged", **stage_overrides):
-    docs = write_text_corpus(tmp_path / "docs.jsonl")
-    stages = [{"name": "docs", "data": {"train": [str(docs)]}, "train": {"objective": "causal"}},
+def _handbook(root) -> str:
+    """A directory of raw documents (what a team has before any dataset exists)."""
+    root.mkdir()
+    (root / "leave.md").write_text("# Leave\n\nEmployees get 25 days of paid leave per year. " * 6, encoding="utf-8")
+    (root / "it.txt").write_text("The IT helpdesk resets passwords. Call extension 4455. " * 8, encoding="utf-8")
+    (root / "logo.png").write_bytes(b"\x89PNG not a document")
+    return str(root)
+
+
+def _staged(make_config, tmp_path, name="staged", docs=None, **stage_overrides):
+    docs = docs or str(write_text_corpus(tmp_path / "docs.jsonl"))
+    stages = [{"name": "docs", "data": {"train": [docs]}, "train": {"objective": "causal"}},
               {"name": "qa", **stage_overrides}]
     return make_config(name, train=FAST, stages=stages)
 
 
-def test_causal_then_sft_continues_the_adapter(make_config, tmp_path, spy_loop):
-    config = _staged(make_config, tmp_path)
+def test_causal_on_documents_then_sft_continues_the_adapter(make_config, tmp_path, spy_loop):
+    config = _staged(make_config, tmp_path, docs=_handbook(tmp_path / "handbook"))
     assert [s.train.objective for s in config.stages] == ["causal", "sft"]
     assert config.stages[1].data.train == config.data.train  # inherited from the top level
     result = run(config, progress=False)
@@ -71,6 +80,13 @@ def test_causal_then_sft_continues_the_adapter(make_config, tmp_path, spy_loop):
     assert first["dataset_hash"] != second["dataset_hash"]
     assert all(s["status"] == "completed" and s["final_train_loss"] is not None for s in lineage["stages"])
     assert lineage["final"]["kind"] == "adapter"
+
+    # the raw documents became one text record each, the unreadable file is reported, not dropped silently
+    records = read_jsonl(run_dir / "stages/0-docs/data-documents/documents.jsonl")
+    assert sorted(r["source"] for r in records) == ["it.txt", "leave.md"]
+    docs_summary = json.loads((run_dir / "stages/0-docs/summary.json").read_text())
+    assert any("logo.png skipped" in w for w in docs_summary["warnings"])
+    assert docs_summary["data"]["train"]["examples"] >= 2  # long documents are cut into windows, not truncated
 
     # stage 2's loop started from exactly the weights stage 1 saved
     stage1 = _as_params(_adapter_file(run_dir / "stages/0-docs"))

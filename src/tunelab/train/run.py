@@ -28,9 +28,7 @@ import json
 import os
 import random
 import resource
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +43,7 @@ from ..config import DataConfig, ExperimentConfig, save_resolved
 from ..errors import TunelabError
 from ..io import write_json, write_jsonl, write_text
 from . import distributed
+from .artifacts import save_artifacts, weights_digest
 from .batching import Layout
 from .checkpoint import FINGERPRINT_SECTIONS, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import Dist
@@ -63,6 +62,9 @@ from .methods import (
 from .objectives import get_objective
 from .progress import RichProgress, fan_out
 from .schedule import build_scheduler
+
+__all__ = ["TrainResult", "build_model", "load_tokenizer_for", "prepare_data", "prepare_dataset", "run",
+           "save_artifacts", "train_one", "weights_digest"]
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -98,18 +100,22 @@ def prepare_dataset(config: ExperimentConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def prepare_data(data: DataConfig, out_dir: Path) -> dict[str, Any]:
-    """prepare_dataset for one data section (a mixture prepares each task's this way)."""
+    """prepare_dataset for one data section (a mixture prepares each task's this way). Document files or
+    directories among the inputs become text records first (documents.py)."""
     from ..data.prepare import MANIFEST, load_manifest
     from ..data.prepare import run as prepare
+    from .documents import documents_to_records
 
+    data, documents = documents_to_records(data, out_dir)
+    extra = {"documents": documents} if documents else {}
     options = json.loads(data.model_dump_json())
     manifest_file = out_dir / MANIFEST
     if manifest_file.is_file():
         manifest = load_manifest(out_dir)
         inputs = list(data.train) + ([data.eval] if data.eval else [])
         if manifest.get("options") == options and not _inputs_newer_than(inputs, manifest_file.stat().st_mtime):
-            return manifest
-    return prepare(data, out_dir).manifest
+            return {**manifest, **extra}
+    return {**prepare(data, out_dir).manifest, **extra}
 
 
 def _load_split_if_any(dataset_dir: Path, split: str) -> list:
@@ -173,19 +179,6 @@ def load_adapter_weights(model, adapter_dir: Path) -> None:
         raise TunelabError(f"the adapter in {adapter_dir} does not fit this stage's method (differing weights: "
                            f"{', '.join(odd)}); stages that continue an adapter need the same method settings")
     set_peft_model_state_dict(model, weights)
-
-
-def weights_digest(params: dict[str, torch.nn.Parameter]) -> str:
-    """sha256 over the names and exact bytes of the given tensors (a stage's start and end weights)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in sorted(params):
-        tensor = distributed.full(params[name].detach()).to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(tensor.dtype).encode())
-        h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _device(config: ExperimentConfig, dist: Dist | None = None) -> torch.device:
@@ -265,37 +258,6 @@ def _check_fsdp(config: ExperimentConfig) -> None:
     if config.train.eval_generate_every:
         raise TunelabError("train.eval_generate_every is not supported with FSDP (generation would have to run "
                            "on every process); leave it unset, and evaluate after training with tunelab eval")
-
-
-def _move_into(src: Path, dst: Path) -> None:
-    for item in src.iterdir():
-        target = dst / item.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(item, target)
-
-
-def save_artifacts(run_dir: Path, model, tokenizer, adapter: bool, state_dict: dict | None = None) -> dict[str, Any]:
-    """The trained adapter or model, the tokenizer and its chat template, into run_dir (each file renamed
-    into place from a temporary directory, so a crash leaves the previous files, never half of one).
-    state_dict: the whole weights when the model itself holds FSDP shards."""
-    tmp = Path(tempfile.mkdtemp(prefix=".artifacts.", dir=run_dir))
-    try:
-        if not adapter:
-            from ..models.templates import stop_token_ids
-
-            stops = stop_token_ids(tokenizer)
-            if stops and getattr(model, "generation_config", None) is not None:
-                model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
-        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
-        tokenizer.save_pretrained(tmp)
-        if tokenizer.chat_template:
-            (tmp / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
-        files = sorted(p.name for p in tmp.iterdir())
-        _move_into(tmp, run_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"kind": "adapter" if adapter else "full", "path": str(run_dir), "files": files}
 
 
 def _peak_rss_mb() -> float:
@@ -402,6 +364,10 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
         config, tokenizer, dist)
     max_length = config.data.max_length
     warnings += train_stats["warnings"]
+    manifests = manifest.get("tasks", {"": manifest}).values() if config.mixture else [manifest]
+    for m in manifests:
+        for skipped in (m.get("documents") or {}).get("skipped", []):
+            warnings.append(f"document {skipped['path']} skipped: {skipped['reason']}")
 
     model, targets = build_model(config, device, start_adapter)
     params = trainable_parameters(model)

@@ -216,7 +216,7 @@ def _move_aside(paths: list[Path]) -> None:
 def _copy_artifact(stage_dir: Path, files: list[str], run_dir: Path) -> None:
     """The last stage's artifact files into the run directory (copied to a temporary directory next to
     it, then renamed into place)."""
-    from .run import _move_into
+    from .artifacts import _move_into
 
     tmp = Path(tempfile.mkdtemp(prefix=".artifacts.", dir=run_dir))
     try:
