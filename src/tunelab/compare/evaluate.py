@@ -132,12 +132,17 @@ def _load(config: ExperimentConfig, model_name: str, weights: Path | None, base:
 
 
 def apply_adapter(model: Any, adapter: Path, model_name: str) -> Any:
-    from peft import PeftModel
+    """The adapter on `model`, with the checks of evaluate.adapter_checks (a mismatched base or weights that
+    load nowhere are errors, so a broken adapter never scores like the base model in the table)."""
+    from ..evaluate.adapter_checks import apply_adapter as checked
 
-    try:
-        return PeftModel.from_pretrained(model, str(adapter))
-    except Exception as exc:  # PEFT raises many types for shape/architecture mismatches
-        raise TunelabError(f"adapter {adapter} does not fit base model {model_name}: {exc}") from None
+    wrapped, report = checked(model, adapter, base_name=model_name)
+    if not report.changes_outputs:
+        import warnings
+
+        warnings.warn(f"adapter {adapter} does not change the model's outputs: its tuned variants will score "
+                      "like the base model", stacklevel=2)
+    return wrapped
 
 
 def _device(config: ExperimentConfig) -> str:
