@@ -1,8 +1,12 @@
 """Training: instruction (sft) and causal fine-tuning with full, LoRA, DoRA, QLoRA, IA3, prompt and prefix
-tuning; packing, token-normalised gradient accumulation, checkpoints with exact resume.
+tuning; packing, token-normalised gradient accumulation, checkpoints with exact resume; sequential
+stages (stages.py), multi-task mixtures (mixture.py), raw documents as data (documents.py), several
+processes or GPUs through accelerate/torchrun with DDP or FSDP (distributed.py), ROUGE-L of generated
+answers during training (gen_eval.py).
 
-`run(config)` trains one stage into `<workdir>/<name>/`; methods and objectives are registries picked
-by name (`METHODS`, `OBJECTIVES`); the loop itself (`loop.run_loop`) takes already-rendered examples.
+`run(config)` trains into `<workdir>/<name>/` (each stage of a staged config in `stages/<i>-<name>/`);
+methods and objectives are registries picked by name (`METHODS`, `OBJECTIVES`); the loop itself
+(`loop.run_loop`) takes already-rendered examples.
 """
 
 from .methods import METHODS, get_method
