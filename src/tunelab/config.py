@@ -583,17 +583,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides; a number indexes a list (`stages.1.train.lr=1e-4`)."""
+
+    def index(node: list, part: str, item: str) -> int:
+        if not part.isdigit() or int(part) >= len(node):
+            raise TunelabError(f"override '{item}': '{part}' is not an index of that list (0 to {len(node) - 1})")
+        return int(part)
+
     for item in overrides:
         path, value = parse_override(item)
-        node = data
+        node: Any = data
         for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
+            if isinstance(node, list):
+                child = node[index(node, part, item)]
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+            if not isinstance(child, dict | list):
                 raise TunelabError(f"override '{item}': '{part}' is not a section")
             node = child
-        node[path[-1]] = value
+        if isinstance(node, list):
+            node[index(node, path[-1], item)] = value
+        else:
+            node[path[-1]] = value
     return data
 
 

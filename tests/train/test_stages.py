@@ -215,3 +215,14 @@ def test_stage_paths_resolve_against_the_config_file(tmp_path):
     config = load_config(path)
     assert config.stages[0].data.train == [tmp_path / "docs.jsonl"]
     assert config.stages[1].data.train == [tmp_path / "qa.jsonl"]
+
+
+def test_overrides_reach_into_stages(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: demo\ntrain: {lr: 0.001}\nstages:\n  - {name: docs, train: {objective: causal}}\n"
+                    "  - {name: qa}\n", encoding="utf-8")
+    config = load_config(path, ["stages.1.train.lr=0.0005", "train.epochs=2"])
+    assert [s.train.lr for s in config.stages] == [0.001, 0.0005]
+    assert [s.train.epochs for s in config.stages] == [2, 2]  # a top-level override is inherited
+    with pytest.raises(TunelabError, match="'5' is not an index of that list"):
+        load_config(path, ["stages.5.train.lr=1"])
