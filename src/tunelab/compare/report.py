@@ -86,8 +86,10 @@ def loss_curves(train_logs: dict[str, list[dict[str, Any]]]) -> str | None:
         return None
     fig, ax = _figure()
     for label, rows in train_logs.items():
-        steps = [(r["step"], r["loss"]) for r in rows if r.get("event") != "eval" and "loss" in r]
-        evals = [(r["step"], r["val_loss"]) for r in rows if r.get("event") == "eval" and "val_loss" in r]
+        # staged runs restart `step` in each stage; global_step runs on across them
+        steps = [(r.get("global_step", r["step"]), r["loss"]) for r in rows if r.get("event") is None and "loss" in r]
+        evals = [(r.get("global_step", r["step"]), r["val_loss"]) for r in rows
+                 if r.get("event") == "eval" and "val_loss" in r]
         if steps:
             ax.plot(*zip(*steps, strict=True), label=f"{label} train", linewidth=1)
         if evals:
