@@ -50,24 +50,6 @@ def _one_thread(monkeypatch):
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def train_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model with its final norm scaled up, so its logits can grow large enough for adapters to
-    memorise a few facts (at random init the tied 0.02-scale embeddings cap every logit near 0.6)."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-train")
-    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(10)
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture
 def chat_writer():
     """write_chat(path, pairs=FACTS, repeat=1) for tests that need a second data file."""
