@@ -17,8 +17,8 @@ from typing import Any
 
 from .table import Comparison, cell_text, fmt, table_columns
 
-SECTIONS = ("Reading", "Comparison table", "Metrics", "Training loss", "Per category", "Retrieval", "Cost",
-            "Sample answers", "Config")
+SECTIONS = ("Reading", "Comparison table", "Metrics", "Training loss", "Per category", "Retrieval",
+            "General ability", "Cost", "Sample answers", "Config")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
@@ -140,6 +140,16 @@ def _retrieval_html(comparison: Comparison) -> str:
             + f'<p class="muted">{html.escape(json.dumps(info, default=str))}</p>')
 
 
+def _forgetting_html(comparison: Comparison) -> str:
+    forgetting = comparison.extra.get("forgetting")
+    if not forgetting:
+        return ('<p class="muted">No forgetting check in this run: set eval.baseline (or eval.benchmarks) to score '
+                "each tuned adapter against its base model on general benchmarks.</p>")
+    body = [[label, r["benchmark"], r["metric"], fmt(r["base"]), fmt(r["tuned"]), fmt(r["change"]),
+             fmt(r.get("stderr_combined")), r["verdict"]] for label, rows in forgetting.items() for r in rows]
+    return _table(["variant", "benchmark", "metric", "base", "tuned", "change", "combined se", "verdict"], body)
+
+
 def _cost_html(comparison: Comparison) -> str:
     header = ["variant", "train s", "train tokens/s", "peak memory MB", "latency p50 s", "latency p95 s",
               "tokens/answer", "prompt tokens"]
@@ -182,6 +192,7 @@ def write_report(path: Path, comparison: Comparison, *, title: str, train_logs: 
                                     else '<p class="muted">No tuned variant was trained in this run.</p>'),
         "<h2>Per category</h2>" + _categories_html(comparison),
         "<h2>Retrieval</h2>" + _retrieval_html(comparison),
+        "<h2>General ability</h2>" + _forgetting_html(comparison),
         "<h2>Cost</h2>" + _cost_html(comparison),
         "<h2>Sample answers</h2>" + _samples_html(samples),
         "<h2>Config</h2><pre>" + html.escape(json.dumps(redact(config), indent=2, default=str)) + "</pre>",

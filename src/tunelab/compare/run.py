@@ -163,6 +163,12 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
         res.train = _train_summary(res.variant) if res.variant.tuned else None
     comparison = build_comparison(results, list(config.eval.metrics), retrieval_info)
     comparison.extra["eval_data"] = data_name
+    from .forgetting import run_checks
+
+    forgetting = run_checks(config, variants, stage)
+    if forgetting:
+        comparison.extra["forgetting"] = forgetting
+        comparison.reading += _forgetting_sentences(forgetting)
     out_dir = Path(config.run_dir) / "compare"
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"markdown": str(out_dir / "table.md"), "csv": str(out_dir / "table.csv"),
@@ -181,6 +187,17 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
                                                  "models": ", ".join(dict.fromkeys(v.model for v in variants))})
     return CompareResult(out_dir, comparison, results, files, time.perf_counter() - start,
                          cached=[r.variant.id for r in results if r.cached])
+
+
+def _forgetting_sentences(forgetting: dict[str, list[dict[str, Any]]]) -> list[str]:
+    out = []
+    for label, rows in forgetting.items():
+        worse = [r for r in rows if r.get("verdict") == "worse"]
+        parts = ", ".join(f"{r['benchmark']} {r['metric']} {r['base']:.3f} -> {r['tuned']:.3f}" for r in rows)
+        verdict = ("lost general ability beyond the noise on " + ", ".join(f"{r['benchmark']} {r['metric']}" for r in worse)
+                   if worse else "shows no loss of general ability beyond the noise")
+        out.append(f"Forgetting check: {label} {verdict} ({parts}).")
+    return out
 
 
 def _train_log(weights: Path) -> list[dict[str, Any]]:
