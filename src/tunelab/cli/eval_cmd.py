@@ -67,6 +67,8 @@ def evaluate(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     batch_size: int = typer.Option(16, "--batch-size"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write predictions JSONL and summary JSON here."),
+    labels: str | None = typer.Option(None, "--labels", help="Comma-separated label set of a labelled task (default: the distinct references)."),
+    label_mode: str = typer.Option("generate", "--label-mode", help="Labelled tasks: generate (parse the label from the answer) or loglik (the most likely label)."),
     judge: str | None = typer.Option(None, "--judge", help="Also score answers with an LLM judge: openai:MODEL@BASE_URL or local:MODEL[+ADAPTER]."),
     judge_cache: Path | None = typer.Option(None, "--judge-cache", help="Directory of cached judge calls (default: <tunelab home>/llm_calls)."),
     no_judge_cache: bool = typer.Option(False, "--no-judge-cache", help="Do not read or write the judge call cache."),
@@ -103,8 +105,9 @@ def evaluate(
 
         records = load_eval_records(data)[:limit] if limit else load_eval_records(data)
         gen = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        label_set = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
         res = run_eval(model_obj, tokenizer, records, [m.strip() for m in metrics.split(",") if m.strip()],
-                       None, gen, model_name=name, data=str(data))
+                       None, gen, model_name=name, data=str(data), label_set=label_set, label_mode=label_mode)
         if judge_backend is not None:
             if not as_json:
                 err_console.print(f"judging {res.n} answers with {judge_backend.name} ...")

@@ -158,6 +158,7 @@ def run_eval(
     chat_template: bool = True,
     on_batch: Any = None,
     threads: int | None = None,
+    label_mode: str = "generate",
 ) -> EvalResult:
     """Generate an answer for every record, score `metrics`, and write predictions and summary.
 
@@ -169,7 +170,17 @@ def run_eval(
     generator = Generator(model, tokenizer, chat_template=chat_template, threads=threads)
 
     start = time.perf_counter()
-    outputs = generator.generate(prompts, gen_cfg, on_batch=on_batch)
+    if label_mode == "loglik":
+        from .label_choice import choose_labels
+
+        if any(rec.kind != "label" for rec in records):
+            raise TunelabError("label_mode 'loglik' scores labelled records only (kind 'label')")
+        outputs = choose_labels(model, tokenizer, prompts, label_set or sorted(set(refs)),
+                                chat_template=chat_template, batch_size=gen_cfg.batch_size, threads=threads)
+    elif label_mode == "generate":
+        outputs = generator.generate(prompts, gen_cfg, on_batch=on_batch)
+    else:
+        raise TunelabError(f"unknown label_mode '{label_mode}'; use generate or loglik")
     gen_wall = time.perf_counter() - start
 
     inputs = MetricInputs(
@@ -191,7 +202,7 @@ def run_eval(
         n=len(refs),
         metrics=values,
         rows=_rows(records, prompts, refs, outputs, values),
-        generation={**gen_cfg.to_dict(), "chat_template": chat_template,
+        generation={**gen_cfg.to_dict(), "chat_template": chat_template, "label_mode": label_mode,
                     "stop_token_ids": sorted(generator.stop_token_ids)},
         timings=_timings(outputs, gen_wall, score_wall),
         data=data,
