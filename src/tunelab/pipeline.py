@@ -82,7 +82,6 @@ def _train_status(run_dir: Path, key: str) -> str:
 def _train_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker: Any, progress: bool,
                stage: Callable[[str], None]) -> dict[str, Any]:
     from .compare.variants import training_config
-    from .train import run as train_run
 
     tcfg = training_config(config, model)
     run_dir = Path(tcfg.run_dir)
@@ -94,27 +93,43 @@ def _train_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker:
     write_json(run_dir / KEY_FILE, {"key": key})  # first: an interrupted run is recognised as ours
     stage(f"train: {config.method.name} {config.train.objective} on {model}"
           + (" (resuming from the last checkpoint)" if status == "resume" else ""))
-    tags = {"dataset_hash": dataset_hash, "base_model": model, "method": config.method.name,
-            "objective": config.train.objective}
-    from .track import step_callback
-
-    with tracker.run("train", name=f"train {model}", params={"model.name": model}, tags=tags) as tr:
-        callback = step_callback(tr)
-        result = train_run(tcfg, resume=status == "resume", callback=callback, progress=progress)
-        if hasattr(callback, "flush"):
-            callback.flush()
-        summary = result.summary
-        tr.log_metrics({k: summary.get(k) for k in ("final_train_loss", "final_val_loss", "final_val_perplexity",
-                                                    "train_seconds", "tokens_per_s", "peak_rss_mb")})
-        if result.status == "interrupted":
-            raise Interrupted(f"training of {model} was interrupted; a checkpoint is saved in {run_dir}: run "
-                              "the same `tunelab run` again to resume it")
-        artifact_files = [p for p in run_dir.iterdir() if p.is_file() and p.name != KEY_FILE]
-        for path in artifact_files:
-            tr.log_artifact(path, artifact_path="model")
+    summary = tracked_train(tracker, tcfg, resume=status == "resume", progress=progress).summary
     return {"step": f"train {model}", "status": "resumed" if status == "resume" else "ran",
             "run_dir": str(run_dir), "seconds": summary.get("wall_seconds"),
             "final_val_loss": summary.get("final_val_loss"), "tokens_per_s": summary.get("tokens_per_s")}
+
+
+def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
+                  callback: Callable[[dict[str, Any]], None] | None = None):
+    """train.run as one MLflow train run: step metrics, final losses and speed, the run directory's files
+    as artifacts. An interrupted run is recorded as KILLED and raises Interrupted (checkpoint saved)."""
+    from .track import step_callback
+    from .train import run as train_run
+
+    tags = {"base_model": config.model.name, "method": config.method.name, "objective": config.train.objective}
+    with tracker.run("train", name=f"train {config.model.name}", tags=tags) as tr:
+        logger = step_callback(tr)
+
+        def both(event: dict[str, Any]) -> None:
+            logger(event)
+            if callback is not None:
+                callback(event)
+
+        result = train_run(config, resume=resume, callback=both, progress=progress)
+        if hasattr(logger, "flush"):
+            logger.flush()
+        summary = result.summary
+        tr.set_tags({"dataset_hash": summary.get("dataset_hash")})
+        tr.log_metrics({k: summary.get(k) for k in ("final_train_loss", "final_val_loss", "final_val_perplexity",
+                                                    "train_seconds", "tokens_per_s", "peak_rss_mb")})
+        if result.status == "interrupted":
+            tr.status = "KILLED"
+            raise Interrupted(f"training was interrupted; a checkpoint is saved in {result.run_dir}: run the same "
+                              "command again to resume it (tunelab train: add --resume)")
+        for path in sorted(Path(result.run_dir).iterdir()):
+            if path.is_file() and path.name != KEY_FILE:
+                tr.log_artifact(path, artifact_path="model")
+    return result
 
 
 def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = None, progress: bool = True,

@@ -12,7 +12,8 @@ runner = CliRunner()
 
 
 def test_help_on_every_command():
-    for args in ([], ["config"], ["data"], ["models"], ["data", "prepare"], ["config", "validate"], ["quickstart"]):
+    for args in ([], ["config"], ["data"], ["models"], ["data", "prepare"], ["config", "validate"], ["quickstart"],
+                 ["run"], ["compare"], ["rag"], ["runs"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output
@@ -85,6 +86,7 @@ def test_train_dry_run_and_run_with_overrides(tmp_path, tiny_model_dir):
     out = json.loads(result.stdout)
     assert out["status"] == "completed"
     assert (tmp_path / "runs" / "tiny" / "adapter_config.json").is_file()
+    assert (tmp_path / "runs" / "mlflow.db").is_file()  # the run is tracked (tracking.enabled defaults on)
     # a second run into the same directory must not silently overwrite it
     result = runner.invoke(app, ["train", cfg, "train.max_steps=2"])
     assert result.exit_code == 2 and "--resume" in result.output

@@ -26,7 +26,19 @@ def train(
     from ..train import run
 
     config = load_config(config_file, overrides or [])
-    result = run(config, resume=resume, dry_run=dry_run, progress=not as_json)
+    if dry_run or os.environ.get("RANK", "0") != "0":
+        result = run(config, resume=resume, dry_run=dry_run, progress=not as_json)
+    else:  # rank 0 (or the only process) records the run in MLflow (tracking.enabled: false turns it off)
+        from ..pipeline import Interrupted, tracked_train
+        from ..track import Tracker
+
+        try:
+            result = tracked_train(Tracker.from_config(config), config, resume=resume, progress=not as_json)
+        except Interrupted as exc:
+            message = str(exc)
+            emit({"run_dir": str(config.run_dir), "status": "interrupted", "message": message}, as_json,
+                 lambda c: c.print(f"[yellow]interrupted[/]: {message}", highlight=False))
+            raise typer.Exit(code=130) from None
     if os.environ.get("RANK", "0") != "0":
         # one of several processes (accelerate launch / torchrun): rank 0 reports for all of them
         if result.status == "interrupted":
