@@ -305,6 +305,8 @@ class TeacherConfig(Section):
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (openai).")
     max_retries: int = Field(4, ge=0, description="Retries on timeouts, connection errors, 429 and 5xx (openai).")
     batch_size: int = Field(8, gt=0, description="Conversations generated together (local).")
+    threads: int | None = Field(None, gt=0, description="CPU threads for generation (local); default: "
+                                "$TUNELAB_THREADS, else the physical cores.")
     cache: bool = Field(True, description="Cache teacher calls on disk: re-runs are free, interrupted runs resume.")
     cache_dir: Path | None = Field(None, description="Default: <tunelab home>/llm_calls.")
 

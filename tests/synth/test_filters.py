@@ -71,7 +71,8 @@ def test_self_containment_catches_references_to_the_source_only():
                  "Based on the provided information, who approves leave?", "As mentioned above, what applies?"):
         assert cites_source(text), text
     for text in ("How many days of annual leave do I get?", "Which document do I sign on my first day?",
-                 "Can I send the text message to my manager?", "What is the context switch cost?"):
+                 "Can I send the text message to my manager?", "What is the context switch cost?",
+                 "Bring the following documents: a passport and a payslip."):
         assert cites_source(text) is None, text
     cands = [GOOD, qa("What does this document say about leave?", "27 days of paid annual leave."),
              qa("How many days of leave?", "According to the text, employees get 27 days.")]
@@ -102,7 +103,20 @@ def test_grounding_keeps_supported_answers_and_says_why_it_drops_the_rest():
     assert grounding_filter([heading_only], CFG)[0] == [heading_only]
     # thresholds are the config's
     loose = SynthFilterConfig(min_overlap=0.0, check_numbers=False)
-    assert len(grounding_filter([cands[1], cands[2]], loose)[0]) == 2
+    unsupported = [qa("How many days off?", "Employees get 30 days of paid leave."),
+                   qa("How many days off?", "Employees get 27 days, generous sabbaticals and gym memberships.")]
+    assert [d.reason for d in grounding_filter(unsupported, CFG)[1]] == ["unsupported_number", "low_overlap"]
+    assert len(grounding_filter(unsupported, loose)[0]) == 2
+
+
+def test_grounding_wants_an_answer_that_says_more_than_its_question():
+    tautologies = [qa("What is the difference between annual leave and paid leave?",
+                      "The difference is that annual leave is paid leave, while paid leave is annual leave."),
+                   qa("Do full-time employees get paid annual leave?", "Yes, full-time employees get paid annual leave.")]
+    kept, dropped = grounding_filter(tautologies, CFG)
+    assert kept == [] and [d.reason for d in dropped] == ["answer_adds_nothing"] * 2
+    informative = qa("Do full-time employees get paid annual leave?", "Yes, 27 days per year, plus public holidays.")
+    assert grounding_filter([informative], CFG)[0] == [informative]
 
 
 def test_grounding_wants_a_rejected_reply_that_the_chunk_does_not_support():

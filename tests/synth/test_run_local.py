@@ -4,6 +4,8 @@ every failure is counted by its reason and nothing of it is written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -68,3 +70,32 @@ def test_local_teacher_failures_are_counted_by_reason_and_resumed_from_cache(tin
     with pytest.raises(TunelabError, match="'invalid_json': 2"):
         run(cfg, tmp_path / "out", teacher=third)
     assert third.cache.stats()["misses"] == 0 and third.backend._generator is None
+
+
+@pytest.mark.slow
+def test_bundled_instruct_model_as_teacher_on_one_handbook_chunk(tmp_path):
+    """SmolLM2-135M-Instruct through the real prompt and chat template on one chunk: whatever it writes,
+    the run either keeps grounded, well-formed records or says why not, and the counts add up."""
+    from tunelab.io import read_jsonl
+    from tunelab.models.registry import model_path
+
+    try:
+        model_path("smollm2-135m-instruct")
+    except TunelabError as exc:
+        pytest.skip(f"bundled model not available: {exc}")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    handbook = Path(__file__).parents[2] / "examples" / "handbook" / "docs" / "03-leave-and-holidays.md"
+    (docs / "leave.md").write_text(handbook.read_text().split("\n## ")[0] + "\n")
+    cfg = SynthConfig(docs=docs, teacher={"spec": "local:smollm2-135m-instruct", "cache_dir": tmp_path / "cache"},
+                      max_chunks=1, per_chunk=1, max_tokens=96, parse_retries=0)
+    try:
+        res = run(cfg, tmp_path / "out")
+    except TunelabError as exc:  # no usable record: the error says why, by reason, and nothing is written
+        assert "no records kept from 1 chunk(s)" in str(exc) and not (tmp_path / "out").exists()
+        return
+    calls = res.manifest["teacher_calls"]
+    assert calls["requests"] == 1 and calls["ok"] == 1 and calls["cache"]["writes"] == 1
+    for row in read_jsonl(tmp_path / "out" / "train.jsonl"):
+        assert row["meta"]["teacher"] == "local:smollm2-135m-instruct"
+        assert row["meta"]["grounding"]["overlap"] >= cfg.filters.min_overlap

@@ -54,6 +54,7 @@ def synth(
     max_retries: int | None = typer.Option(None, "--max-retries", help="Retries on timeouts, 429 and 5xx (openai, default 4)."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="Variable holding the API key (default OPENAI_API_KEY)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Conversations generated together (local, default 8)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for generation (local)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Teacher call cache (default <tunelab home>/llm_calls)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the teacher call cache."),
     config: Path | None = typer.Option(None, "--config", "-c", help="An experiment file whose synth section to run."),
@@ -74,6 +75,7 @@ def synth(
         "temperature": temperature, "max_tokens": max_tokens, "seed": seed, "parse_retries": parse_retries,
         "teacher.spec": teacher, "teacher.concurrency": concurrency, "teacher.timeout_s": timeout,
         "teacher.max_retries": max_retries, "teacher.api_key_env": api_key_env, "teacher.batch_size": batch_size,
+        "teacher.threads": threads,
         "teacher.cache_dir": cache_dir, "teacher.cache": False if no_cache else None,
         "labels": [x.strip() for x in labels.split(",")] if labels is not None else None,
     }

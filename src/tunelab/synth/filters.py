@@ -4,8 +4,10 @@
     self_containment  no question that needs its source to make sense ("this document", "the above"),
                       no reply that cites it ("according to the text")
     grounding         lexical, always: a reply's content words must occur in its source chunk (share
-                      >= min_overlap), every number in it too, and the question must be about the chunk
-                      (share >= min_topic_overlap); a preference's rejected reply must NOT be grounded
+                      >= min_overlap), every number in it too, it must add a word or number of the
+                      chunk beyond its question's (no "A badge is a badge"), and the question must be
+                      about the chunk (share >= min_topic_overlap); a preference's rejected reply must
+                      NOT be grounded
     dedup             exact (same normalised question), near (MinHash Jaccard of whole records, as
                       `data prepare` does, so what is kept here survives it) and similar (ROUGE-L F >=
                       similar_threshold, default 0.8, between the questions AND between the answers:
@@ -59,7 +61,7 @@ _CITES_SOURCE = re.compile(
     r"\b(?:"
     r"(?:this|the\s+above|the\s+following|the\s+given|the\s+provided|the\s+preceding|the\s+attached|"
     r"above|following|given|provided)\s+(?:document|text|passage|excerpt|section|paragraph|chunk|article|"
-    r"context|snippet|extract|information|material|content)"
+    r"context|snippet|extract|information|material|content)\b"
     r"|the\s+(?:text|passage|excerpt|chunk|snippet)\b(?!\s+(?:message|messages|box|field|editor))"
     r"|the\s+above"
     r"|(?:according\s+to|based\s+on|as\s+(?:stated|mentioned|described|noted)\s+in)\s+the\s+"
@@ -227,7 +229,7 @@ def _grounding_problem(c: Candidate, terms: set[str], nums: set[str], cfg: Synth
         return "off_topic", (f"{topic.overlap:.2f} of the question's content words are in the chunk "
                              f"(< {cfg.min_topic_overlap}); not in it: {', '.join(topic.missing_terms[:8])}")
     overlaps = []
-    for answer in c.answers:
+    for k, answer in enumerate(c.answers):
         s = support(answer, terms, nums)
         if s.overlap is None:
             return "no_content_words", f"nothing to check against the chunk in {answer[:80]!r}"
@@ -236,6 +238,12 @@ def _grounding_problem(c: Candidate, terms: set[str], nums: set[str], cfg: Synth
         if s.overlap < cfg.min_overlap:
             return "low_overlap", (f"{s.overlap:.2f} of the reply's content words are in the chunk "
                                    f"(< {cfg.min_overlap}); not in it: {', '.join(s.missing_terms[:8])}")
+        # A reply made only of its question's words ("A badge is a badge") passes the overlap test
+        # without telling anything: it must bring at least one word or number of the chunk.
+        question = c.questions[min(k, len(c.questions) - 1)]
+        asked = content_terms(question) | numbers(question)
+        if not ((content_terms(answer) | numbers(answer)) & (terms | nums)) - asked:
+            return "answer_adds_nothing", f"no word or number of the chunk beyond the question's: {answer[:100]!r}"
         overlaps.append(s.overlap)
     if overlaps:
         c.checks["overlap"] = round(min(overlaps), 3)

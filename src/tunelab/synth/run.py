@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -79,7 +80,10 @@ def teacher_backend(cfg: TeacherConfig) -> Backend:
         options: dict[str, Any] = {"api_key_env": cfg.api_key_env, "concurrency": cfg.concurrency,
                                    "timeout_s": cfg.timeout_s, "max_retries": cfg.max_retries}
     else:
-        options = {"batch_size": cfg.batch_size}
+        # On a shared machine two spinning OpenMP threads can be many times slower than one, so
+        # TUNELAB_THREADS (as training and RAG read it) applies here too.
+        threads = cfg.threads or int(os.environ.get("TUNELAB_THREADS", 0)) or None
+        options = {"batch_size": cfg.batch_size, "threads": threads}
     cache = (cfg.cache_dir or True) if cfg.cache else None
     return backend_from_spec(cfg.spec, cache=cache, **options)
 
@@ -199,7 +203,26 @@ def run(config: SynthConfig, out_dir: str | Path | None = None, *, teacher: Back
         judge: Backend | None = None, on_progress: Progress | None = None) -> SynthResult:
     """Generate a dataset from `config.docs` into `out_dir` (default config.out); see the module doc.
     `teacher`/`judge` replace the backends the config names (a notebook can pass its own)."""
-    progress = on_progress or (lambda _stage, _done, _total: None)
+    owned = []  # backends built here are closed here (their connection pools)
+    if teacher is None:
+        teacher = teacher_backend(config.teacher)
+        owned.append(teacher)
+    if judge is None and config.judge is not None:
+        from ..evaluate.judge import judge_backend
+
+        judge = judge_backend(config.judge)
+        owned.append(judge)
+    try:
+        return _run(config, out_dir, teacher, judge, on_progress or (lambda _stage, _done, _total: None))
+    finally:
+        for backend in owned:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+
+
+def _run(config: SynthConfig, out_dir: str | Path | None, teacher: Backend, judge: Backend | None,
+         progress: Progress) -> SynthResult:
     out = Path(out_dir or config.out or "")
     if not str(out_dir or config.out or ""):
         raise TunelabError("no output directory: give --out (or synth.out in the config)")
@@ -238,15 +261,10 @@ def run(config: SynthConfig, out_dir: str | Path | None = None, *, teacher: Back
     templates = {config.mode: load_template(config.mode, config.prompts, mode.placeholders)}
     if config.eval_set == "paraphrase":
         templates["paraphrase"] = load_template("paraphrase", config.prompts, ("question",))
-    if config.judge is not None or judge is not None:
+    if judge is not None:
         templates["judge_grounding"] = load_template("judge_grounding", config.prompts, ("text", "answer"))
         templates["judge_label"] = load_template("judge_label", config.prompts, ("label", "example"))
     pool = _read_pool(config.filters.pool)
-    teacher = teacher or teacher_backend(config.teacher)
-    if judge is None and config.judge is not None:
-        from ..evaluate.judge import judge_backend
-
-        judge = judge_backend(config.judge)
     cache = getattr(teacher, "cache", None)
     cache_before = cache.stats() if cache is not None else None
     provenance = Provenance(teacher.name, templates[config.mode].version, config.mode)
