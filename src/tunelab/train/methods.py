@@ -11,6 +11,7 @@ inside the decoder (the output layer excluded), so the resolved list is recorded
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,10 @@ from torch import nn
 
 from ..config import MethodConfig
 from ..errors import TunelabError
+
+# PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model; the
+# FutureWarning is about PEFT's code, not the user's, and would print on every training run.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 @dataclass(frozen=True)
