@@ -330,8 +330,9 @@ class SynthFilterConfig(Section):
     check_numbers: bool = Field(True, description="Every number in an answer must occur in its chunk.")
     near_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard of whole records (as in "
                                   "data prepare) at which a record is a near duplicate.")
-    similar_threshold: float = Field(0.8, gt=0, le=1, description="ROUGE-L F (content words) that two "
-                                     "records' questions and their answers both reach: the later is dropped.")
+    similar_threshold: float = Field(0.8, gt=0, le=1, description="ROUGE F (content words; ROUGE-1 for "
+                                     "questions, ROUGE-L for answers) that two records' questions and their "
+                                     "answers both reach: the later one is dropped.")
     pool: list[Path] = Field(default_factory=list, description="Existing data files generated records "
                              "must not duplicate (any format data prepare reads).")
 

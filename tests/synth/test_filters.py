@@ -14,6 +14,7 @@ from tunelab.synth.filters import (
     grounding_filter,
     length_filter,
     numbers,
+    rouge_1_f,
     rouge_l_f,
     self_containment_filter,
     words,
@@ -133,7 +134,8 @@ def test_grounding_wants_a_rejected_reply_that_the_chunk_does_not_support():
     assert [d.reason for d in dropped] == ["rejected_same_as_chosen", "rejected_looks_grounded", "rejected_off_topic"]
 
 
-def test_rouge_l():
+def test_rouge():
+    assert rouge_1_f(["a", "b", "c", "a"], ["c", "a", "b", "x"]) == 0.75 and rouge_1_f([], ["a"]) == 0.0
     assert rouge_l_f(["a", "b", "c"], ["a", "b", "c"]) == 1.0
     assert rouge_l_f(["a", "b", "c", "d"], ["a", "x", "c", "d"]) == 0.75
     assert rouge_l_f([], ["a"]) == 0.0
@@ -164,10 +166,16 @@ def test_dedup_exact_near_and_similar_against_batch_and_pool():
     assert "pool" in next(d.detail for d in dropped if d.candidate is cands[4])
     # a dropped record does not knock out a later one that only resembles the dropped one
     a = qa("one two three four five six seven eight nine ten", "x")
-    b = qa("one two three four five six seven eight alpha beta", "x")  # ROUGE-L 0.8 with a
+    b = qa("one two three four five six seven eight alpha beta", "x")  # ROUGE-1 0.8 with a
     c = qa("one two three four five six alpha beta gamma delta", "x")  # 0.6 with a, 0.8 with b
     kept, dropped = dedup_filter([a, b, c], [], SynthFilterConfig(similar_threshold=0.8))
     assert kept == [a, c] and [d.candidate for d in dropped] == [b]
+    # word order does not make a question new
+    answer = "Facilities is led by Gwen Tattersall in Leeds and Callum Rennie in Edinburgh."
+    first, second = (qa("What is the Facilities team's current position?", answer),
+                     qa("What is the current position of the Facilities team?", answer))
+    kept, dropped = dedup_filter([first, second], [], CFG)
+    assert kept == [first] and dropped[0].reason == "similar" and "ROUGE-1 1.00" in dropped[0].detail
 
 
 def test_near_duplicates_of_whole_records_are_removed_as_prepare_would():

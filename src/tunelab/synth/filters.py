@@ -9,12 +9,14 @@
                       about the chunk (share >= min_topic_overlap); a preference's rejected reply must
                       NOT be grounded
     dedup             exact (same normalised question), near (MinHash Jaccard of whole records, as
-                      `data prepare` does, so what is kept here survives it) and similar (ROUGE-L F >=
-                      similar_threshold, default 0.8, between the questions AND between the answers:
-                      Self-Instruct's ROUGE-L rule (0.7 on instructions alone there), extended to
-                      answers so that "part-time" and "full-time" versions of one question both stay,
-                      and raised because facts in templated documents differ in a word or two),
-                      against the pool (an existing dataset) and every record kept before it here
+                      `data prepare` does, so what is kept here survives it) and similar: the questions
+                      reach ROUGE-1 F >= similar_threshold (default 0.8; word order ignored, since "the
+                      current position of the Facilities team" and "the Facilities team's current
+                      position" ask one thing) AND the answers reach ROUGE-L F >= it. That is
+                      Self-Instruct's ROUGE rule (ROUGE-L 0.7 on instructions alone there) extended to
+                      answers, so that "part-time" and "full-time" versions of one question both stay,
+                      and raised because facts in templated documents differ in a word or two. Against
+                      the pool (an existing dataset) and every record kept before it in this run.
     judge             (when configured) an LLM checks each reply against the chunk; its failures to
                       answer are counted by reason, and such records are dropped, not kept unchecked
 
@@ -22,9 +24,10 @@ The cheap filters run first and dedup before the judge, so the judge is never pa
 
 Lexical terms: casefolded Unicode words, Porter-stemmed (ASCII words of 4+ letters, as rouge-score
 stems), English stop words left out. Numbers are compared as written, thousands separators and
-leading zero removed ("1,500" = "1500", "09:00" = "9:00"). ROUGE-L here runs over the same terms with
+leading zero removed ("1,500" = "1500", "09:00" = "9:00"). ROUGE here runs over the same terms with
 numbers kept (Unicode words, unlike rouge-score's [a-z0-9] tokens, and without stop words, which
-would make every "How many ... do ... get?" question look alike); F is 2 * LCS / (len a + len b).
+would make every "How many ... do ... get?" question look alike); ROUGE-1 F is 2 * |A and B| (as
+multisets) / (|A| + |B|), ROUGE-L F is 2 * LCS / (|A| + |B|).
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ may me might more most much must my no nor not now of off on once only or other 
 own per same shall she should so some such than that the their theirs them then there these they this
 those through to too under until up upon us very was we were what when where whether which while who
 whom whose why will with within would yes yet you your yours
-""".split())
+s t d ll m re ve
+""".split())  # the last line: what is left of "team's", "don't", "we'll" ... once split into words
 
 # A question that points at a text its reader will not have, or a reply that cites one.
 _CITES_SOURCE = re.compile(
@@ -289,6 +293,12 @@ def similarity_terms(text: str) -> list[str]:
     return [_stem(w) for w in words(text) if w not in STOP_WORDS]
 
 
+def rouge_1_f(a: Sequence[str], b: Sequence[str]) -> float:
+    if not a or not b:
+        return 0.0
+    return 2 * sum((Counter(a) & Counter(b)).values()) / (len(a) + len(b))
+
+
 def rouge_l_f(a: Sequence[str], b: Sequence[str]) -> float:
     if not a or not b:
         return 0.0
@@ -305,9 +315,9 @@ def rouge_l_f(a: Sequence[str], b: Sequence[str]) -> float:
 
 def _similar_candidates(new: list[list[str]], old: list[list[str]], threshold: float,
                         block: int = 512) -> list[list[int]]:
-    """For each new token list, the indices (into old + new) of earlier lists that MAY reach the
-    ROUGE-L threshold: LCS <= the multiset intersection, so 2*|A∩B|/(|A|+|B|) bounds ROUGE-L F.
-    The intersections come from one sparse product over (word, occurrence number) features."""
+    """For each new token list, the indices (into old + new) of earlier lists whose ROUGE-1 F with it
+    (2*|A∩B|/(|A|+|B|), multisets) reaches the threshold, best first. The intersections come from one
+    sparse product over (word, occurrence number) features, so no pair is compared in Python."""
     from scipy.sparse import csr_matrix
 
     docs = old + new
@@ -367,9 +377,9 @@ def dedup_filter(cands: Sequence[Candidate], pool: Sequence[Record], cfg: SynthF
         elif not any(d.candidate is c for d in dropped):
             dropped.append(Dropped(c, "dedup", "near_duplicate",
                                    f"Jaccard >= {cfg.near_threshold} with an earlier record of this run"))
-    # similar: ROUGE-L between questions AND between answers, against the pool and the records kept so
-    # far. Questions alone would not do: "How many days of leave do part-time staff get?" and the same
-    # for full-time staff differ in one word and ask for different facts; their answers differ too.
+    # similar: ROUGE-1 between questions AND ROUGE-L between answers, against the pool and the records
+    # kept so far. Questions alone would not do: "How many days of leave do part-time staff get?" and
+    # the same for full-time staff differ in one word and ask for different facts; their answers differ.
     old = [(similarity_terms(prompt_text(r)), similarity_terms(answer_text(r))) for r in pool]
     new = [(similarity_terms(c.prompt_text), similarity_terms("\n".join(c.answers))) for c in near_kept]
     candidates = _similar_candidates([q for q, _ in new], [q for q, _ in old], cfg.similar_threshold)
@@ -380,12 +390,12 @@ def dedup_filter(cands: Sequence[Candidate], pool: Sequence[Record], cfg: SynthF
             if j >= len(old) and not alive[j - len(old)]:
                 continue
             other = old[j] if j < len(old) else new[j - len(old)]
-            q_score = rouge_l_f(new[i][0], other[0])
+            q_score = rouge_1_f(new[i][0], other[0])
             a_score = rouge_l_f(new[i][1], other[1]) if new[i][1] or other[1] else 1.0
             if q_score >= cfg.similar_threshold and a_score >= cfg.similar_threshold:
                 where = "a pool record" if j < len(old) else f"a record from chunk {near_kept[j - len(old)].chunk.id}"
-                dropped.append(Dropped(c, "dedup", "similar", f"ROUGE-L {q_score:.2f} (question), {a_score:.2f} "
-                                       f"(answer) with {where}: {' '.join(other[0])[:100]!r}"))
+                dropped.append(Dropped(c, "dedup", "similar", f"ROUGE-1 {q_score:.2f} (question), ROUGE-L "
+                                       f"{a_score:.2f} (answer) with {where}: {' '.join(other[0])[:100]!r}"))
                 alive[i] = False
                 break
         if alive[i]:
