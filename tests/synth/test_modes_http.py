@@ -204,3 +204,8 @@ def test_synth_section_of_an_experiment_config(server, tmp_path):
     # two of the three chunks, and the first one's question is already in the pool
     assert out["chunks"]["not_sampled"] == 1 and out["records"]["train"] == 1 and out["dropped"]["dedup"] == 1
     assert out["out_dir"] == str(synth.out)
+    import mlflow  # the synth step is a run of the experiment in its tracking store
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'exp' / 'runs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    assert run.data.tags["tunelab.stage"] == "synth" and run.data.metrics["records.train"] == 1

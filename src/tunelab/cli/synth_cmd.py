@@ -79,8 +79,10 @@ def synth(
         "teacher.cache_dir": cache_dir, "teacher.cache": False if no_cache else None,
         "labels": [x.strip() for x in labels.split(",")] if labels is not None else None,
     }
+    experiment = None
     if config is not None:
-        base = json_ready(from_experiment(load_config(config, list(overrides or []))))
+        experiment = load_config(config, list(overrides or []))
+        base = json_ready(from_experiment(experiment))
     elif overrides:
         raise TunelabError("--set needs --config (it overrides the experiment file's values)")
     else:
@@ -97,9 +99,9 @@ def synth(
         raise ConfigError("options", [f"{'.'.join(map(str, e['loc'])) or '(options)'}: "
                                       f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]) from None
 
-    if as_json:
-        result = run(cfg)
-    else:
+    def execute():
+        if as_json:
+            return run(cfg)
         with progress() as bar:
             tasks: dict[str, Any] = {}
 
@@ -108,7 +110,19 @@ def synth(
                     tasks[stage] = bar.add_task(stage, total=total or None)
                 bar.update(tasks[stage], completed=done, total=total or None)
 
-            result = run(cfg, on_progress=on_progress)
+            return run(cfg, on_progress=on_progress)
+
+    if experiment is None:
+        result = execute()
+    else:  # with an experiment file, synth is a tracked run of the experiment like every other stage
+        from ..track import Tracker
+
+        with Tracker.from_config(experiment).run("synth", name="synth", tags={"teacher": cfg.teacher.spec}) as tr:
+            result = execute()
+            summary = result.to_dict()
+            tr.log_metrics({"records": summary["records"], "yield": summary["yield"], "chunks": summary["chunks"],
+                            "dropped": summary["dropped"]})
+            tr.log_artifact(result.out_dir / "manifest.json", artifact_path="synth")
     emit(result.to_dict(), as_json, lambda c: _render(c, result))
 
 
