@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,20 +11,10 @@ from tunelab.compare import run as compare_run
 from tunelab.config import validate_data
 
 
-def _server_module():
-    name = "tunelab_tests_openai_server"
-    if name not in sys.modules:
-        path = Path(__file__).parents[1] / "llm" / "openai_server.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture
 def judge_server():
-    mod = _server_module()
+    import openai_server as mod
+
     asked: dict[str, int] = {}
 
     def respond(body):

@@ -3,14 +3,12 @@ aggregation, failure counts by reason, RAGAS-style faithfulness, inputs, the eva
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
 import shutil
-import sys
-from pathlib import Path
 
+import openai_server
 import pytest
 from typer.testing import CliRunner
 
@@ -20,25 +18,14 @@ from tunelab.evaluate.judge import JUDGE_METRICS, judge_predictions, load_templa
 from tunelab.llm import OpenAIBackend, backend_from_spec
 
 
-def _server_module():
-    name = "tunelab_tests_openai_server"
-    if name not in sys.modules:
-        path = Path(__file__).parents[1] / "llm" / "openai_server.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture
 def server():
-    srv = _server_module().OpenAIServer().start()
+    srv = openai_server.OpenAIServer().start()
     yield srv
     srv.stop()
 
 
-Reply = _server_module().Reply
+Reply = openai_server.Reply
 
 
 def row(i: int, answer: str, question: str = "What is the capital of France?", **extra) -> dict:

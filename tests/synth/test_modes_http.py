@@ -3,12 +3,10 @@ teacher; every output must be taken as it is by `data prepare`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+import teacher_server as teacher
 import yaml
 from typer.testing import CliRunner
 
@@ -18,19 +16,6 @@ from tunelab.data.prepare import run as prepare
 from tunelab.errors import TunelabError
 from tunelab.io import read_jsonl
 from tunelab.synth.run import from_experiment, run
-
-
-def _teacher_module():
-    name = "tunelab_tests_synth_teacher"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("teacher_server.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-teacher = _teacher_module()
 
 
 @pytest.fixture
@@ -135,7 +120,7 @@ def test_the_judge_drops_what_it_cannot_confirm_and_counts_its_failures(server, 
     assert lab.manifest["labels"] == {"right": 4}
 
     # a judge that never answers in JSON: records are dropped as unchecked, failures counted
-    bad = teacher._server_module().OpenAIServer(lambda body: "I think it is fine.").start()
+    bad = teacher.openai_server.OpenAIServer(lambda body: "I think it is fine.").start()
     try:
         judge = {"spec": f"openai:judge@{bad.base_url}", "cache": False, "parse_retries": 0}
         with pytest.raises(TunelabError) as err:

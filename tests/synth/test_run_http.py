@@ -4,31 +4,16 @@ failures (5xx, timeouts, invalid JSON) retried and then counted by reason, never
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+import teacher_server as teacher
 
 from tunelab.config import DataConfig, SynthConfig
 from tunelab.data.prepare import run as prepare
 from tunelab.errors import TunelabError
 from tunelab.io import read_jsonl
 from tunelab.synth.run import run
-
-
-def _teacher_module():
-    name = "tunelab_tests_synth_teacher"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("teacher_server.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-teacher = _teacher_module()
 
 
 @pytest.fixture

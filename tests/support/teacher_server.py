@@ -1,4 +1,4 @@
-"""A scripted teacher for the synth tests: the loopback OpenAI-compatible server of tests/llm, answering
+"""A scripted teacher for the synth tests: the loopback OpenAI-compatible server (openai_server.py), answering
 tunelab's synth prompts with well-formed JSON built from the chunk it is shown.
 
 Markers in a chunk's text script failures: BROKEN (never JSON), FIXME (not JSON first, good after the
@@ -6,19 +6,19 @@ re-ask), BADLABEL (a label outside the set first), CRASH (HTTP 500 every time), 
 `slow_s`), WRONG (the grounding judge rejects its answers). The label judge rejects the label "wrong".
 The judge prompts are answered too: an answer is "supported" when every number in it is in the source.
 
-    teacher = load_teacher_module()
+    import teacher_server as teacher
     server = teacher.start()                 # an OpenAIServer with the scripted responder
     teacher.write_docs(tmp_path / "docs", sections=6)
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
+
+import openai_server
 
 _A, _B, _C = ("bra", "cle", "dro", "fla", "gri", "plo"), ("ven", "mar", "tis", "dol", "gan", "rup"), ("ox", "el", "ia")
 
@@ -27,16 +27,6 @@ def word(section: int, k: int) -> str:
     """A made-up word, unique for each (section < 36, k < 3): sections never share their facts."""
     return _A[section % 6] + _B[(section // 6) % 6] + _C[k]
 
-
-def _server_module():
-    name = "tunelab_tests_openai_server"
-    if name not in sys.modules:
-        path = Path(__file__).parents[1] / "llm" / "openai_server.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def write_docs(root: Path, sections: int = 6, docs: int = 2, marker: dict[int, str] | None = None) -> Path:
@@ -100,7 +90,7 @@ def _items(request: str, text: str, retry: bool) -> dict[str, Any]:
 
 
 def responder(body: dict[str, Any], slow_s: float = 1.0):
-    Reply = _server_module().Reply
+    Reply = openai_server.Reply
     messages = body["messages"]
     last = messages[-1]["content"]
     retry = last.startswith("That reply could not be used")
@@ -128,7 +118,7 @@ def responder(body: dict[str, Any], slow_s: float = 1.0):
 
 
 def start(slow_s: float = 1.0):
-    return _server_module().OpenAIServer(lambda body: responder(body, slow_s)).start()
+    return openai_server.OpenAIServer(lambda body: responder(body, slow_s)).start()
 
 
 def requests_to_teacher(server) -> int:
