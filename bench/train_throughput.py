@@ -80,6 +80,7 @@ def worker_tunelab(spec: dict) -> dict:
         "steps": s["steps"], "final_train_loss": _tail_mean(steps), "val_loss": s["final_val_loss"],
         "peak_rss_mb": _peak_rss_mb(), "params": s["total_params"], "trainable": s["trainable_params"],
         "mean_length": s["data"]["train"]["tokens"] / max(1, s["data"]["train"]["examples"]),
+        "examples": s["data"]["train"]["examples"],
         "layout": s["layout"], "precision": s["precision"], "dataset_hash": s["dataset_hash"],
     }
 

@@ -42,7 +42,7 @@ import torch
 from ..config import DataConfig, ExperimentConfig, save_resolved
 from ..errors import TunelabError
 from ..io import write_json, write_jsonl, write_text
-from . import distributed
+from . import distributed, fast_lora
 from .artifacts import save_artifacts, weights_digest
 from .batching import Layout
 from .checkpoint import FINGERPRINT_SECTIONS, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -380,6 +380,8 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
             warnings.append(dist.note)
         distributed.shard_model(model, dist)
         params = trainable_parameters(model)  # the same names, now sharded
+    if device.type == "cpu" and not fsdp:
+        fast_lora.install(model)  # PEFT's LoRA forward, fused: same function, fewer passes (fast_lora.py)
     start_digest = weights_digest(params) if method.adapter else None
     if cfg.compile:
         _compile_layers(model)
