@@ -8,10 +8,12 @@ are emulated (tens of times slower), so TRL is run in fp32 as a user here would 
 times a few steps of TRL at its true bf16 default for the record. Conversations are given to TRL as
 conversational prompt/completion pairs, so it trains on the completion only, as tunelab's sft does.
 
-Each framework trains in its own subprocess (so peak memory is its own). Printed: tokens/s (wall and
-per CPU-second: this machine may be shared, CPU time is the steadier figure), the ratio, final training
-loss (mean of the last quarter of steps) and validation loss of each (both validation losses computed by
-the same token-level evaluator on the same rendered validation split), peak RSS, and tunelab's model
+Each framework trains in its own subprocess (so peak memory is its own), both with OMP_WAIT_POLICY=ACTIVE,
+which the tunelab command line sets (a user's own setting wins for both). Printed: tokens/s (wall and
+per CPU-second: this machine may be shared, CPU time is the steadier figure), the ratio, the final
+training and validation loss of each (each trained model scored by one token-level evaluator on the first
+128 training records and on the validation split; the mean logged loss of the last steps is printed too,
+but it depends on which batches each framework happened to draw last), peak RSS, and tunelab's model
 FLOPs utilisation: tokens/s x (4N + 12 x layers x d_attn x mean length) against this machine's measured
 fp32 matmul peak (this CPU has no bf16 hardware; REFERENCE.md's bf16 960 GFLOP/s does not apply).
 
@@ -36,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "handbook" / "train.jsonl"
 MODEL = "smollm2-135m-instruct"
 TRL_VERSION = "1.16.0"
+# The final training loss compared between frameworks: both trained models scored by one evaluator on the
+# first records of the training split (the mean of the last steps' losses depends on which batches came last).
+TRAIN_LOSS_RECORDS = 128
 HP = {"lr": 2e-4, "batch_size": 8, "epochs": 1, "max_length": 512, "r": 16, "alpha": 32, "dropout": 0.05, "seed": 42}
 
 
@@ -73,12 +78,22 @@ def worker_tunelab(spec: dict) -> dict:
     config = ExperimentConfig.model_validate(spec["experiment"])
     result = run(config, progress=False)
     s = result.summary
+    peak_rss = _peak_rss_mb()  # training's peak, before a second copy of the model is loaded to score it
+    train_set_loss = None
+    if spec.get("score_train_set"):
+        from peft import PeftModel
+
+        from tunelab.models.loading import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(config.model.name)
+        model = PeftModel.from_pretrained(load_model(config.model.name, dtype="float32"), str(result.run_dir))
+        train_set_loss = _split_loss(model, tokenizer, result.run_dir / "data", "train", TRAIN_LOSS_RECORDS)
     steps = [r["loss"] for r in _read_log(result.run_dir / "train_log.jsonl") if "loss" in r]
     return {
         "framework": "tunelab", "method": config.method.name, "model": config.model.name,
         "tokens": s["tokens_trained"], "train_seconds": s["train_seconds"], "cpu_seconds": s["train_cpu_seconds"],
         "steps": s["steps"], "final_train_loss": _tail_mean(steps), "val_loss": s["final_val_loss"],
-        "peak_rss_mb": _peak_rss_mb(), "params": s["total_params"], "trainable": s["trainable_params"],
+        "train_set_loss": train_set_loss, "peak_rss_mb": peak_rss, "params": s["total_params"], "trainable": s["trainable_params"],
         "mean_length": s["data"]["train"]["tokens"] / max(1, s["data"]["train"]["examples"]),
         "examples": s["data"]["train"]["examples"],
         "layout": s["layout"], "precision": s["precision"], "dataset_hash": s["dataset_hash"],
@@ -101,8 +116,9 @@ def _ensure_trl() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"trl=={TRL_VERSION}"], check=True)
 
 
-def _val_loss(model, tokenizer, dataset_dir: Path) -> float:
-    """The same evaluator tunelab reports: token-level NLL over the validation split's completion tokens."""
+def _split_loss(model, tokenizer, dataset_dir: Path, split: str = "validation", limit: int | None = None) -> float:
+    """The same evaluator tunelab reports: token-level NLL over a split's completion tokens (its first
+    `limit` records)."""
     import contextlib
 
     import torch
@@ -113,7 +129,7 @@ def _val_loss(model, tokenizer, dataset_dir: Path) -> float:
     from tunelab.train.loss import loss_head
     from tunelab.train.objectives import build_sft
 
-    examples, _ = build_sft(load_split(dataset_dir, "validation"), tokenizer, HP["max_length"])
+    examples, _ = build_sft(load_split(dataset_dir, split)[:limit], tokenizer, HP["max_length"])
     layout = Layout(packing=False, capacity=HP["max_length"], pad_id=tokenizer.pad_token_id or 0)
     with loss_head(model) as head:
         return evaluate(model, head, examples, layout, torch.device("cpu"), contextlib.nullcontext, 4096)["val_loss"]
@@ -158,15 +174,17 @@ def worker_trl(spec: dict) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak_rss = _peak_rss_mb()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     out = {
         "framework": "trl" + (" (bf16 default)" if spec.get("trl_defaults") else " (fp32)"), "method": "lora",
         "model": MODEL, "tokens": counted["tokens"], "train_seconds": wall, "cpu_seconds": cpu,
-        "steps": trainer.state.global_step, "final_train_loss": _tail_mean(losses), "peak_rss_mb": _peak_rss_mb(),
+        "steps": trainer.state.global_step, "final_train_loss": _tail_mean(losses), "peak_rss_mb": peak_rss,
         "gradient_checkpointing": args.gradient_checkpointing, "packing": args.packing, "bf16": args.bf16,
     }
     if not spec.get("trl_defaults"):
-        out["val_loss"] = _val_loss(trainer.model, tokenizer, dataset_dir)
+        out["val_loss"] = _split_loss(trainer.model, tokenizer, dataset_dir)
+        out["train_set_loss"] = _split_loss(trainer.model, tokenizer, dataset_dir, "train", TRAIN_LOSS_RECORDS)
     return out
 
 
@@ -193,7 +211,9 @@ WORKERS = {"tunelab": worker_tunelab, "trl": worker_trl, "peak": worker_peak}
 
 
 def _spawn(kind: str, spec: dict) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    # OMP_WAIT_POLICY=ACTIVE is what the tunelab command line sets (cli/__init__.py); both frameworks get it
+    env = {"OMP_WAIT_POLICY": "ACTIVE", **os.environ, "PYTHONPATH": str(ROOT / "src"),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -212,10 +232,13 @@ def _flops_per_token(r: dict, layers: int, d_attn: int, full: bool) -> float:
 def _row(r: dict) -> str:
     if "error" in r:
         return f"{r['framework']:<22} FAILED: {r['error'].strip().splitlines()[-1] if r['error'].strip() else ''}"
-    val = f"{r['val_loss']:.4f}" if r.get("val_loss") is not None else "-"
-    train = f"{r['final_train_loss']:.4f}" if r.get("final_train_loss") is not None else "-"
-    return (f"{r['framework'] + ' ' + r.get('method', ''):<24} {_tps(r):>8.1f} {_tps(r, 'cpu_seconds'):>9.1f} "
-            f"{r['steps']:>6} {train:>9} {val:>9} {r['peak_rss_mb']:>9.0f}")
+    def num(key: str) -> str:
+        return f"{r[key]:.4f}" if r.get(key) is not None else "-"
+
+    model = "" if r.get("model", MODEL) == MODEL else f" {r['model']}"
+    return (f"{r['framework'] + ' ' + r.get('method', '') + model:<30} {_tps(r):>8.1f} {_tps(r, 'cpu_seconds'):>9.1f} "
+            f"{r['steps']:>6} {num('train_set_loss'):>9} {num('final_train_loss'):>10} {num('val_loss'):>9} "
+            f"{r['peak_rss_mb']:>9.0f}")
 
 
 def main() -> int:
@@ -246,8 +269,9 @@ def main() -> int:
     base = {"threads": threads, "max_steps": args.max_steps, "dataset_dir": str(dataset_dir)}
 
     results = {"peak": _spawn("peak", base)}
-    results["tunelab"] = _spawn("tunelab", {**base, "experiment": _experiment(workdir, "tunelab-lora", "lora", MODEL,
-                                                                              args.max_steps)})
+    results["tunelab"] = _spawn("tunelab", {**base, "score_train_set": True,
+                                            "experiment": _experiment(workdir, "tunelab-lora", "lora", MODEL,
+                                                                      args.max_steps)})
     results["trl"] = _spawn("trl", base)
     if args.trl_bf16_steps:
         results["trl_bf16"] = _spawn("trl", {**base, "max_steps": args.trl_bf16_steps, "trl_defaults": True})
@@ -263,7 +287,10 @@ def main() -> int:
           f"measured fp32 matmul peak {peak:.1f} GFLOP/s")
     print(f"data: {prepared.splits} records, dataset {prepared.manifest['dataset_hash'][:12]}; "
           f"hyperparameters {HP}, schedule linear, no warmup")
-    print(f"{'framework':<24} {'tok/s':>8} {'tok/cpu-s':>9} {'steps':>6} {'train':>9} {'val':>9} {'peak MB':>9}")
+    print(f"{'framework':<30} {'tok/s':>8} {'tok/cpu-s':>9} {'steps':>6} {'train':>9} {'last steps':>10} {'val':>9} "
+          f"{'peak MB':>9}")
+    print(f"(train: the trained model scored on the first {TRAIN_LOSS_RECORDS} training records by one evaluator; "
+          "last steps: mean logged loss of the last quarter of steps, which depends on the batches that came last)")
     for r in results.values():
         if "framework" in r:
             print(_row(r))
@@ -271,7 +298,7 @@ def main() -> int:
     if "error" not in tl and "error" not in trl:
         ratio, cpu_ratio = _tps(tl) / _tps(trl), _tps(tl, "cpu_seconds") / _tps(trl, "cpu_seconds")
         print(f"tunelab / TRL tokens/s: {ratio:.2f}x wall, {cpu_ratio:.2f}x per CPU-second (target >= 4x)")
-        for key in ("final_train_loss", "val_loss"):
+        for key in ("train_set_loss", "val_loss"):
             if tl.get(key) and trl.get(key):
                 print(f"{key}: tunelab {tl[key]:.4f} vs TRL {trl[key]:.4f} ({100 * (tl[key] / trl[key] - 1):+.2f}%)")
         from transformers import AutoConfig
