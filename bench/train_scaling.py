@@ -72,6 +72,14 @@ def main() -> int:
     print(f"seconds per token, 16x vs 1x: {per_token[-1] / per_token[0]:.2f} (1.00 = exactly linear); "
           f"16x trained {last['tokens'] / first['tokens']:.1f}x the tokens in "
           f"{last['train_seconds'] / first['train_seconds']:.1f}x the time")
+    # time = fixed + per_token x tokens, least squares over the sizes: linear growth leaves small residuals
+    xs, ys = [r["tokens"] for r in rows], [r["train_seconds"] for r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    fixed = my - slope * mx
+    worst = max(abs(fixed + slope * x - y) / y for x, y in zip(xs, ys, strict=True))
+    print(f"least-squares line: {fixed:.1f} s + {1000 * slope:.2f} s per 1k tokens; largest residual "
+          f"{100 * worst:.1f}% of a run's time (the fixed part is the first step's warm-up)")
     print(json.dumps(rows))
     return 0
 
