@@ -139,3 +139,11 @@ def test_switch_turns_it_off(monkeypatch):
 
     model = get_peft_model(_Tiny(), LoraConfig(r=2, target_modules=["q"]))
     assert fast_lora.install(model) == 0
+
+
+def test_dropout_of_one_drops_the_whole_low_rank_path():
+    _, fused = _pair(1.0)
+    fused.train()
+    layer = fused.base_model.model.q
+    x = torch.randn(6, 24)
+    torch.testing.assert_close(layer(x), layer.base_layer(x))

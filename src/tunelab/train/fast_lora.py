@@ -123,6 +123,8 @@ def _fused_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Te
         return type(self).forward(self, x, *args, **kwargs)
     dropout = self.lora_dropout[name]
     p = dropout.p if isinstance(dropout, nn.Dropout) and self.training else 0.0
+    if p >= 1.0:  # everything dropped: nothing to gain, and no scale to keep
+        return type(self).forward(self, x, *args, **kwargs)
     threshold, keep_scale = keep_threshold(p) if p > 0 else (None, 1.0)
     base = self.base_layer
     return _FusedLoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
