@@ -27,6 +27,7 @@ TUNELAB_FUSED_LORA=0 turns the fused path off altogether (for comparisons, or to
 
 from __future__ import annotations
 
+import math
 import os
 import types
 from typing import Any
@@ -46,9 +47,7 @@ def keep_threshold(p: float) -> tuple[int, float]:
 
 def dropout_mask(shape: torch.Size, threshold: int, device: torch.device) -> torch.Tensor:
     """Boolean keep-mask of `shape`: four independent 16-bit uniform lanes per 64-bit random word."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     return words.view(torch.int16)[:n].view(shape) >= threshold
 
