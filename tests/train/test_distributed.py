@@ -109,6 +109,23 @@ def test_fsdp_shards_and_still_matches_one_process(make_config, chat_writer, tmp
     assert state["fsdp"] is True and state["world_size"] == 2
 
 
+def test_two_processes_in_bf16_match_one(make_config, chat_writer, tmp_path, monkeypatch):
+    """The bf16 path across processes: the losses agree to 0.1% (argued in test_precision.py: the same
+    bf16 roundings of the activations, only the order of the fp32 gradient sums differs)."""
+    monkeypatch.setenv("TUNELAB_BF16", "1")
+    data = chat_writer(tmp_path / "facts.jsonl", repeat=3)
+    train = {**SETTINGS["train"], "precision": "auto"}
+    single = run(make_config("one-bf16", data_file=data, **{**SETTINGS, "train": {**train, "batch_size": 4}}),
+                 progress=False)
+    config = make_config("two-bf16", data_file=data, **{**SETTINGS, "train": {**train, "batch_size": 2}})
+    summary = _launch(config, tmp_path)  # the child processes inherit TUNELAB_BF16=1
+    assert summary["precision"] == single.summary["precision"] == "bf16"
+    one = [r["loss"] for r in read_jsonl(single.run_dir / "train_log.jsonl") if "loss" in r]
+    two = [r["loss"] for r in read_jsonl(config.run_dir / "train_log.jsonl") if "loss" in r]
+    assert len(one) == len(two) == 5
+    assert two == pytest.approx(one, rel=1e-3)
+
+
 def test_single_process_needs_no_process_group(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert setup("auto") is None

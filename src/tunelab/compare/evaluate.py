@@ -146,7 +146,9 @@ def apply_adapter(model: Any, adapter: Path, model_name: str) -> Any:
 
 
 def _device(config: ExperimentConfig) -> str:
-    return "cpu" if config.model.device == "auto" else config.model.device
+    from ..models.loading import resolve_device
+
+    return resolve_device(config.model.device)  # the same choice training made for model.device
 
 
 def evaluate_variant(config: ExperimentConfig, variant: Variant, model: Any, tokenizer: Any,

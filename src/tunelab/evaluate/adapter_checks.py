@@ -159,7 +159,7 @@ def _no_change_message(adapter: Path, tensors: dict[str, Any]) -> str:
 
 
 def load_with_adapter(
-    model_name: str, adapter: str | Path | None, *, dtype: str = "auto", device: str = "cpu"
+    model_name: str, adapter: str | Path | None, *, dtype: str = "auto", device: str = "auto"
 ) -> tuple[Any, Any, AdapterReport | None]:
     """The base model and tokenizer, with the adapter applied and checked when one is given."""
     from ..models import load_model_and_tokenizer

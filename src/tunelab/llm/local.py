@@ -36,7 +36,7 @@ class LocalBackend:
         *,
         batch_size: int = 16,
         dtype: str = "auto",
-        device: str = "cpu",
+        device: str = "auto",
         threads: int | None = None,
         chat_template: bool = True,
         model_obj: Any = None,

@@ -117,8 +117,27 @@ def cuda_info() -> dict[str, Any]:
     return info
 
 
+BF16_ENV = "TUNELAB_BF16"
+
+
+def _forced_bf16() -> tuple[bool, str] | None:
+    """$TUNELAB_BF16=1/0 forces the decision either way, so that one machine can exercise both paths
+    (tests, or comparing speed and loss on the same CPU); anything else leaves it to the hardware."""
+    value = os.environ.get(BF16_ENV, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True, f"forced on by {BF16_ENV}={value}"
+    if value in ("0", "false", "no", "off"):
+        return False, f"forced off by {BF16_ENV}={value}"
+    if value:
+        from ..errors import TunelabError
+
+        raise TunelabError(f"{BF16_ENV}={value!r} is not understood; use 1 (bf16) or 0 (fp32), or unset it")
+    return None
+
+
 def bf16_pays(device: str = "auto") -> tuple[bool, str]:
-    """Whether bf16 compute is faster than fp32 on `device` ("auto": the GPU if there is one), and why."""
+    """Whether bf16 compute is faster than fp32 on `device` ("auto": the GPU if there is one), and why.
+    On the CPU, $TUNELAB_BF16 overrides the answer (see _forced_bf16)."""
     if device in ("auto", "cuda") or device.startswith("cuda:"):
         gpu = cuda_info()
         if gpu["available"]:
@@ -128,6 +147,9 @@ def bf16_pays(device: str = "auto") -> tuple[bool, str]:
             return False, f"{name} has no native bf16 (compute capability < 8.0); use fp16 there"
         if device != "auto":
             return False, "no CUDA device is available"
+    forced = _forced_bf16()
+    if forced is not None:
+        return forced
     feats = cpu_features()
     if feats["amx_bf16"] or feats["amx_tile"]:
         return True, "CPU has AMX (bf16 tile matmuls)"

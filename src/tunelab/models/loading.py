@@ -18,11 +18,14 @@ from .templates import ensure_chat_template, stop_token_ids
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def resolve_device(device: str = "cpu") -> str:
-    """"cpu", "cuda", "cuda:N", "mps" or "auto" (cuda when available, else cpu) -> a torch device string."""
+def resolve_device(device: str = "auto") -> str:
+    """"cpu", "cuda", "cuda:N", "mps" or "auto" (cuda when available, else cpu) -> a torch device string.
+
+    The one place a device setting becomes a device: training, the comparison, `tunelab eval`, the judge
+    and local teachers all call it, so `auto` means the same GPU (or CPU) everywhere."""
     import torch
 
-    device = (device or "cpu").strip().lower()
+    device = (device or "auto").strip().lower()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -91,7 +94,7 @@ def load_tokenizer(name_or_path: str | os.PathLike | ModelRef, ensure_template: 
 def load_model(
     name_or_path: str | os.PathLike | ModelRef,
     dtype: str = "auto",
-    device: str = "cpu",
+    device: str = "auto",
     **from_pretrained_kwargs: Any,
 ):
     """The causal LM in `dtype` on `device` (pulling and converting a GGUF first if needed)."""
@@ -112,7 +115,7 @@ def load_model(
 
 
 def load_model_and_tokenizer(
-    name_or_path: str | os.PathLike | ModelRef, dtype: str = "auto", device: str = "cpu"
+    name_or_path: str | os.PathLike | ModelRef, dtype: str = "auto", device: str = "auto"
 ) -> tuple[Any, Any]:
     """Both, with the model's generation config stopping on the template's end-of-turn token(s)."""
     ref = name_or_path if isinstance(name_or_path, ModelRef) else resolve(name_or_path)
