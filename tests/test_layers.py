@@ -31,7 +31,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 # - evaluate is a stage (`tunelab eval`) and also what the other stages score with (synth's judge filter,
 #   training's generation eval, retrieval metrics), so it sits below them.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "io", "paths"),  # base: import nothing of tunelab but each other
+    # base: import nothing of tunelab but each other (noise.py, third-party log filters, is new on main)
+    ("errors", "io", "paths", "noise"),
     ("models", "documents"),  # shared services on models and on documents
     ("llm",),  # LLM backends for the judge and the teacher
     ("config",),  # the experiment schema
