@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunelab.evaluate.generate import GenerationConfig, Generator  # noqa: E402
+from tunelab.models.generate import GenerationConfig, Generator  # noqa: E402
 
 HANDBOOK = ROOT / "examples" / "handbook"
 

@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import httpx  # noqa: E402
 
+from tunelab.documents.chunk import chunk_documents  # noqa: E402
+from tunelab.documents.ingest import ingest  # noqa: E402
 from tunelab.llm import OpenAIBackend  # noqa: E402
-from tunelab.synth.chunk import chunk_documents  # noqa: E402
 from tunelab.synth.generate import MODES, Provenance, ask_teacher  # noqa: E402
-from tunelab.synth.ingest import ingest  # noqa: E402
 from tunelab.synth.templates import load_template  # noqa: E402
 
 REPLY = json.dumps({"pairs": [{"question": "How many days of annual leave do full-time employees get?",

@@ -49,7 +49,7 @@ def _adapter(model_dir: Path, out: Path, scale: float) -> Path:
 
 
 def _with_adapter(model_dir, adapter):
-    from tunelab.evaluate.adapter_checks import apply_adapter
+    from tunelab.models.adapters import apply_adapter
 
     return apply_adapter(_base(model_dir), adapter, base_name="tiny")[0]
 
@@ -150,9 +150,9 @@ def test_smollm2_adapter_forgetting_check(tmp_path):
         pytest.skip("../shared/benchmarks is missing")
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.evaluate.adapter_checks import load_with_adapter
     from tunelab.evaluate.baseline import DEFAULT_BENCHMARKS
     from tunelab.models import load_model_and_tokenizer
+    from tunelab.models.adapters import load_with_adapter
 
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
     plain = run_benchmarks(model, tok, list(DEFAULT_BENCHMARKS), limit=6, batch_size=16, benchmark_dir=SHARED)

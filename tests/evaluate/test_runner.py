@@ -10,8 +10,8 @@ from rich.console import Console
 
 from tunelab.data.records import Record
 from tunelab.errors import InputError, TunelabError
-from tunelab.evaluate.generate import GenerationConfig
 from tunelab.evaluate.runner import load_eval_records, render_eval, run_eval
+from tunelab.models.generate import GenerationConfig
 
 
 @pytest.fixture(scope="module")

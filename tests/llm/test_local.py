@@ -28,7 +28,7 @@ def local(tiny_model_dir):
 
 
 def test_local_backend_answers_in_order_like_the_generator(local, tiny_model_dir):
-    from tunelab.evaluate.generate import GenerationConfig, Generator
+    from tunelab.models.generate import GenerationConfig, Generator
 
     out = local.complete(CONVS, max_tokens=6)
     assert all(c.ok and c.error is None and c.latency_s > 0 for c in out)
@@ -84,7 +84,7 @@ def test_local_spec_with_adapter_and_cache_skips_loading(tiny_model_dir, tmp_pat
 
 
 def test_tiny_model_served_over_http_matches_the_local_backend(server, local):
-    from tunelab.evaluate.generate import GenerationConfig
+    from tunelab.models.generate import GenerationConfig
 
     def serve(body):
         cfg = GenerationConfig(max_new_tokens=body["max_tokens"], temperature=body["temperature"], batch_size=1)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.documents.chunk import token_counter
 from tunelab.errors import TunelabError
 from tunelab.rag.prompt import (
     DEFAULT_TEMPLATE,
@@ -18,7 +19,6 @@ from tunelab.rag.prompt import (
     rag_messages,
 )
 from tunelab.rag.retriever import Hit
-from tunelab.synth.chunk import token_counter
 
 
 def hit(rank: int, text: str, doc: str = "03-leave-and-holidays.md", heading=("Leave", "Annual leave")) -> Hit:

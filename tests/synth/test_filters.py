@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tunelab.config import SynthFilterConfig
 from tunelab.data.records import Record
-from tunelab.synth.chunk import Chunk
+from tunelab.documents.chunk import Chunk
 from tunelab.synth.filters import (
     FilterReport,
     apply_cheap_filters,

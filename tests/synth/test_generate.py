@@ -6,9 +6,9 @@ import pytest
 
 from tunelab.config import SynthConfig
 from tunelab.data.formats import to_record
+from tunelab.documents.chunk import Chunk
 from tunelab.errors import TunelabError
 from tunelab.llm.structured import INVALID_JSON, SCHEMA_MISMATCH, parse_reply
-from tunelab.synth.chunk import Chunk
 from tunelab.synth.evalset import hold_out, sample_for_paraphrase
 from tunelab.synth.generate import MODES, Provenance, _label_check
 

@@ -18,8 +18,8 @@ from .common import JsonOption, emit, err_console, handle_errors
 
 def load_with_adapter(model_name: str, adapter: Path | None):
     """The base model and tokenizer, with a PEFT adapter applied and checked (see
-    evaluate/adapter_checks.py); returns (model, tokenizer, adapter report or None)."""
-    from ..evaluate.adapter_checks import load_with_adapter as load
+    models/adapters.py); returns (model, tokenizer, adapter report or None)."""
+    from ..models.adapters import load_with_adapter as load
 
     return load(model_name, adapter)
 
@@ -100,8 +100,9 @@ def evaluate(
             for w in report.warnings:
                 err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if data is not None:
-        from ..evaluate import GenerationConfig, load_eval_records, render_eval, run_eval
+        from ..evaluate import load_eval_records, render_eval, run_eval
         from ..evaluate.runner import write_results
+        from ..models.generate import GenerationConfig
 
         records = load_eval_records(data)[:limit] if limit else load_eval_records(data)
         gen = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)

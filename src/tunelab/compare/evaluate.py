@@ -132,9 +132,9 @@ def _load(config: ExperimentConfig, model_name: str, weights: Path | None, base:
 
 
 def apply_adapter(model: Any, adapter: Path, model_name: str) -> Any:
-    """The adapter on `model`, with the checks of evaluate.adapter_checks (a mismatched base or weights that
+    """The adapter on `model`, with the checks of models.adapters (a mismatched base or weights that
     load nowhere are errors, so a broken adapter never scores like the base model in the table)."""
-    from ..evaluate.adapter_checks import apply_adapter as checked
+    from ..models.adapters import apply_adapter as checked
 
     wrapped, report = checked(model, adapter, base_name=model_name)
     if not report.changes_outputs:
@@ -154,7 +154,8 @@ def _device(config: ExperimentConfig) -> str:
 def evaluate_variant(config: ExperimentConfig, variant: Variant, model: Any, tokenizer: Any,
                      records: list[Record], out_dir: Path, key: dict, retrieval: Retrieval | None,
                      judge: Any = None) -> VariantResult:
-    from ..evaluate import GenerationConfig, run_eval
+    from ..evaluate import run_eval
+    from ..models.generate import GenerationConfig
 
     start = time.perf_counter()
     inputs, used = records, None

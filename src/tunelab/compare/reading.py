@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .table import Comparison, Contrast, fmt
+from .comparison import Comparison, Contrast, fmt
 
 
 def _signed(c: Contrast) -> str:

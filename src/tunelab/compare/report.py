@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .table import Comparison, cell_text, fmt, table_columns
+from .comparison import Comparison, fmt
+from .table import cell_text, table_columns
 
 SECTIONS = ("Reading", "Comparison table", "Metrics", "Training loss", "Per category", "Retrieval",
             "General ability", "Cost", "Sample answers", "Config")

@@ -19,8 +19,9 @@ from ..config import ExperimentConfig
 from ..data.records import Record
 from ..errors import TunelabError
 from ..io import write_json, write_text
+from .comparison import Comparison
 from .evaluate import Retrieval, VariantResult, evaluate_matrix
-from .table import Comparison, build_comparison, to_csv, to_markdown
+from .table import build_comparison, to_csv, to_markdown
 from .variants import Variant, build_matrix, file_hash, rag_enabled, stable_hash
 
 RETRIEVAL_KS = (1, 3, 5)

@@ -13,47 +13,15 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .comparison import Comparison, Contrast, fmt
 from .evaluate import VariantResult
+from .reading import read_comparison
 
 Z95 = 1.959964
-
-
-@dataclass
-class Contrast:
-    metric: str
-    better: str  # variant label
-    worse: str
-    delta: float  # better - worse, in the metric's direction
-    low: float | None
-    high: float | None
-    beyond_uncertainty: bool
-    method: str
-    question: str  # what the contrast answers, e.g. "fine-tuning"
-
-
-@dataclass
-class Comparison:
-    metrics: list[str]
-    rows: list[dict[str, Any]]  # one per variant: label, id, metric values/uncertainty, cost
-    contrasts: list[Contrast]
-    categories: dict[str, dict[str, float]]  # variant label -> category -> primary metric mean
-    retrieval: dict[str, Any] | None
-    reading: list[str]
-    n: int
-    primary: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n, "primary_metric": self.primary, "metrics": self.metrics, "rows": self.rows,
-            "contrasts": [c.__dict__ for c in self.contrasts], "categories": self.categories,
-            "retrieval": self.retrieval, "reading": self.reading, **self.extra,
-        }
 
 
 # -- building -------------------------------------------------------------------------------------
@@ -186,21 +154,11 @@ def build_comparison(results: list[VariantResult], metrics: list[str],
         categories=_categories(results, primary), retrieval=retrieval, reading=[],
         n=int(results[0].summary.get("n", 0)) if results else 0, primary=primary,
     )
-    from .reading import read_comparison
-
     comparison.reading = read_comparison(comparison)
     return comparison
 
 
 # -- writing --------------------------------------------------------------------------------------
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{min(digits, 2)}f}" if abs(value) >= 10 else f"{value:.{digits}f}"
-    return str(value)
 
 
 def cell_text(cell: dict[str, Any] | None) -> str:

@@ -1,4 +1,4 @@
-"""Evaluation: batched generation, metrics, multiple-choice benchmarks and the eval runner.
+"""Evaluation: metrics, multiple-choice benchmarks and the eval runner (generation is tunelab.models.generate).
 
 Names are imported lazily so `import tunelab.evaluate` (done by the CLI at start-up) does not pull
 in torch and transformers before a command needs them.
@@ -10,9 +10,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "GenerationConfig": "generate",
-    "GenerationOutput": "generate",
-    "Generator": "generate",
     "EvalResult": "runner",
     "load_eval_records": "runner",
     "render_eval": "runner",

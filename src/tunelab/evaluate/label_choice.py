@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import TunelabError
-from .generate import GenerationOutput, Generator, Prompt
+from ..models.generate import GenerationOutput, Generator, Prompt
 
 NORMALISATIONS = ("sum", "mean_char")
 
@@ -31,7 +31,7 @@ def choose_labels(model: Any, tokenizer: Any, prompts: list[Prompt], labels: lis
     labels = list(dict.fromkeys(labels))
     if len(labels) < 2:
         raise TunelabError(f"choosing a label by log-likelihood needs at least two labels, got {labels}")
-    from .generate import is_prompt_learning
+    from ..models.generate import is_prompt_learning
 
     if is_prompt_learning(model):
         raise TunelabError("label_mode 'loglik' does not support prompt/prefix-tuning adapters (their virtual "

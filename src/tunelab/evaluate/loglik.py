@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from ..errors import TunelabError
-from .generate import accepts_logits_to_keep
+from ..models.generate import accepts_logits_to_keep
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer names a length
 _TOKENIZER_INFINITY = 1_000_000_000_000_000_019_884_624_838_656  # transformers' "no limit" marker

@@ -25,7 +25,7 @@ import numpy as np
 from ..data.records import KINDS, Record
 from ..errors import InputError, Problem, TunelabError
 from ..io import write_json, write_jsonl
-from .generate import GenerationConfig, GenerationOutput, Generator, Prompt
+from ..models.generate import GenerationConfig, GenerationOutput, Generator, Prompt
 from .metrics import CLASSIFICATION_METRICS, MetricInputs, MetricValue, resolve
 
 PREDICTIONS_FILE = "predictions.jsonl"

@@ -70,10 +70,10 @@ class LocalBackend:
 
     def _load(self) -> Any:
         if self._generator is None:
-            from ..evaluate.generate import Generator
+            from ..models.generate import Generator
 
             if self._model is None:
-                from ..evaluate.adapter_checks import load_with_adapter
+                from ..models.adapters import load_with_adapter
 
                 self._model, self._tokenizer, report = load_with_adapter(
                     self.model, self.adapter, dtype=self.dtype, device=self.device
@@ -110,7 +110,7 @@ class LocalBackend:
         json_mode: bool = False,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
-        from ..evaluate.generate import GenerationConfig
+        from ..models.generate import GenerationConfig
 
         if not conversations:
             return []

@@ -1,8 +1,9 @@
 """The model registry: bundled offline models, the GGUF -> safetensors cache, loading, chat templates,
-hardware detection and memory estimates.
+hardware detection and memory estimates; and the services every stage uses on a loaded model:
+batched text generation (models.generate) and checked PEFT adapter loading (models.adapters).
 
 Importing this package is cheap: torch and transformers are imported only by the functions that
-need them.
+need them (generate and adapters are imported from their modules, not from here, for that reason).
 
     ref = resolve("gemma3-270m")          # bundled name | model dir | .gguf path | org/name
     path = pull("gemma3-270m")            # converts the GGUF once into ~/.cache/tunelab/models

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from ..config import RagConfig
+from ..documents.chunk import CHUNKER_VERSION, Chunk, chunk_documents
+from ..documents.ingest import INGEST_VERSION, Skipped, ingest
 from ..errors import TunelabError
 from ..io import atomic_dir, read_jsonl, write_json, write_jsonl
-from ..synth.chunk import CHUNKER_VERSION, Chunk, chunk_documents
-from ..synth.ingest import INGEST_VERSION, Skipped, ingest
 from .embedder import Embedder
 
 INDEX_FORMAT = 1

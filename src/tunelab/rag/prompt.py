@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..documents.chunk import token_counter
 from ..errors import TunelabError
-from ..synth.chunk import token_counter
 
 RAG_PROMPT_VERSION = "rag-v1"
 # sha256 of prompt.txt for RAG_PROMPT_VERSION: a test fails if the text changes without a version bump.

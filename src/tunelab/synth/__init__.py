@@ -1,8 +1,6 @@
-"""Synthetic data from documents: ingestion (`ingest`) and chunking (`chunk`), shared with RAG.
+"""Synthetic data from documents: a teacher LLM writes records per chunk, filters keep the grounded ones.
 
-    from tunelab.synth.ingest import ingest
-    from tunelab.synth.chunk import chunk_documents
+    from tunelab.synth.run import run     # the stage: documents -> chunks -> teacher -> filters -> dataset
 
-    result = ingest("docs/")              # result.documents, result.skipped (name + reason)
-    chunks = chunk_documents(result.documents, max_tokens=256, overlap=32)
+Documents are read and chunked by tunelab.documents (shared with RAG and causal training).
 """

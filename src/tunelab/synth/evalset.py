@@ -26,10 +26,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..data.dedup import normalise_for_exact
+from ..documents.chunk import Chunk
 from ..errors import TunelabError
 from ..llm.spec import Backend
 from ..llm.structured import complete_structured
-from .chunk import Chunk
 from .filters import Dropped
 from .generate import Candidate, NonBlank
 from .templates import PromptTemplate

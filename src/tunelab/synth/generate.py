@@ -31,9 +31,9 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from ..data.records import Record
+from ..documents.chunk import Chunk
 from ..llm.spec import Backend
 from ..llm.structured import StructuredResult, complete_structured
-from .chunk import Chunk
 from .templates import PromptTemplate
 
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]

@@ -41,14 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig, SynthConfig, TeacherConfig
+from ..documents.chunk import Chunk, chunk_documents
+from ..documents.ingest import ingest
 from ..errors import TunelabError
 from ..io import atomic_dir, write_json, write_jsonl
 from ..llm.spec import Backend
-from .chunk import Chunk, chunk_documents
 from .evalset import TESTS, hold_out, paraphrase
 from .filters import FilterReport, apply_cheap_filters
 from .generate import MODES, Candidate, ChunkReply, Provenance, ask_teacher
-from .ingest import ingest
 from .templates import PromptTemplate, load_template
 
 SYNTH_FORMAT = 1

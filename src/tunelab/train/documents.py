@@ -2,7 +2,7 @@
 
     stages:
       - name: docs
-        data: {train: handbook/docs}      # Markdown, text, HTML, PDF, DOCX (tunelab.synth.ingest)
+        data: {train: handbook/docs}      # Markdown, text, HTML, PDF, DOCX (tunelab.documents.ingest)
         train: {objective: causal}        # continued pre-training on the documents' text
       - name: qa
         data: {train: qa.jsonl}
@@ -39,7 +39,7 @@ def documents_to_records(data: DataConfig, dataset_dir: Path) -> tuple[DataConfi
     docs = [Path(p) for p in data.train if is_documents(Path(p))]
     if not docs:
         return data, None
-    from ..synth.ingest import ingest
+    from ..documents.ingest import ingest
 
     if data.format not in ("auto", "text"):
         raise TunelabError(f"data.format is {data.format}, but data.train holds documents, which become text "

@@ -2,7 +2,7 @@
 
 Every N steps the model answers the first `train.eval_generate_n` validation examples that have a
 reference answer (greedy, at most `train.eval_generate_max_new_tokens` new tokens, with the batched
-engine tunelab.evaluate.generate.Generator) and the answers are scored with ROUGE-L (rouge-score F-measure,
+engine tunelab.models.generate.Generator) and the answers are scored with ROUGE-L (rouge-score F-measure,
 mean over the examples, stemming on: tunelab.evaluate.metrics). The result is a row of the train log:
 
     {"event": "eval_generate", "step": 40, "rougeL": 0.41, "n": 16, "seconds": 3.2}
@@ -41,8 +41,8 @@ def pick_examples(records: Sequence[Record], n: int) -> tuple[list[Any], list[st
 def make_generate_eval(model, tokenizer, records: Sequence[Record], n: int, max_new_tokens: int,
                        threads: int) -> Callable[[], dict[str, Any]]:
     """A function that generates answers for the sample and returns {"rougeL", "n", "seconds"}."""
-    from ..evaluate.generate import GenerationConfig, Generator
     from ..evaluate.metrics import MetricInputs, compute
+    from ..models.generate import GenerationConfig, Generator
 
     prompts, refs = pick_examples(records, n)
     if not prompts:

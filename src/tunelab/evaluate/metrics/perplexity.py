@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ...errors import TunelabError
-from ..generate import accepts_logits_to_keep, is_prompt_learning
+from ...models.generate import accepts_logits_to_keep, is_prompt_learning
 from .base import MetricInputs, Score, bootstrap_ci
 
 CONVENTION = "token-level, completion tokens, teacher-forced"

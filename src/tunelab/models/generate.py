@@ -391,7 +391,7 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tu
 
 def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
     """The chat template's end-of-turn token(s), the tokenizer's EOS and the model's generation EOS."""
-    from ..models import stop_token_ids as template_stop_ids
+    from .templates import stop_token_ids as template_stop_ids
 
     ids = set(template_stop_ids(tokenizer))
     if tokenizer.eos_token_id is not None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.documents.ingest import ingest
 from tunelab.errors import TunelabError
-from tunelab.synth.ingest import ingest
 
 MARKDOWN = """---
 title: Travel Policy

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.documents.chunk import chunk_document, chunk_documents, regex_token_count, token_counter
+from tunelab.documents.ingest import Document, ingest
 from tunelab.errors import TunelabError
-from tunelab.synth.chunk import chunk_document, chunk_documents, regex_token_count, token_counter
-from tunelab.synth.ingest import Document, ingest
 
 
 def sentence(i: int, words: int = 9) -> str:

@@ -162,7 +162,7 @@ def load_with_adapter(
     model_name: str, adapter: str | Path | None, *, dtype: str = "auto", device: str = "auto"
 ) -> tuple[Any, Any, AdapterReport | None]:
     """The base model and tokenizer, with the adapter applied and checked when one is given."""
-    from ..models import load_model_and_tokenizer
+    from .loading import load_model_and_tokenizer
 
     if adapter is not None:
         read_adapter_config(Path(adapter))  # fail before loading the base model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.generate import GenerationConfig, Generator, _left_pad
+from tunelab.models.generate import GenerationConfig, Generator, _left_pad
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tunelab.cli import app
 from tunelab.errors import TunelabError
-from tunelab.evaluate.adapter_checks import apply_adapter, load_with_adapter
+from tunelab.models.adapters import apply_adapter, load_with_adapter
 
 
 @pytest.fixture(autouse=True)
