@@ -91,10 +91,11 @@ def run(
 
     stage("reading and validating")
     fmt = config.format
-    read = formats.read_records(list(config.train), fmt, skip_invalid=config.skip_invalid)
+    fields = config.fields or None
+    read = formats.read_records(list(config.train), fmt, skip_invalid=config.skip_invalid, fields=fields)
     eval_read = None
     if config.eval is not None:
-        eval_read = formats.read_records([config.eval], fmt, skip_invalid=config.skip_invalid)
+        eval_read = formats.read_records([config.eval], fmt, skip_invalid=config.skip_invalid, fields=fields)
     tick("read")
 
     removed: dict[str, int] = {}

@@ -44,6 +44,9 @@ def documents_to_records(data: DataConfig, dataset_dir: Path) -> tuple[DataConfi
     if data.format not in ("auto", "text"):
         raise TunelabError(f"data.format is {data.format}, but data.train holds documents, which become text "
                            "records: use format auto (or text), or give the documents in a stage of their own")
+    if data.fields:
+        raise TunelabError("data.fields maps the field names of data files, but data.train holds documents, "
+                           "which have none: give the documents in a stage of their own")
     missing = [str(p) for p in docs if not p.exists()]
     if missing:
         raise TunelabError(f"data.train: {', '.join(missing)} not found")
