@@ -48,6 +48,19 @@ def test_document_input_errors(tmp_path):
         documents_to_records(DataConfig(train=[empty], format="chat"), tmp_path / "d")
 
 
+def test_a_synth_output_directory_is_data_not_documents(tmp_path):
+    out = tmp_path / "synth-out"
+    out.mkdir()
+    (out / "train.jsonl").write_text('{"text": "a record"}\n', encoding="utf-8")
+    (out / "manifest.json").write_text('{"tunelab_synth": 1, "eval_set": {"how": "none"}}', encoding="utf-8")
+    data = DataConfig(train=[out])
+    assert documents_to_records(data, tmp_path / "d") == (data, None)
+    # any other directory is documents, as before (here none readable)
+    (out / "manifest.json").write_text('{"tunelab_dataset": 1}', encoding="utf-8")
+    with pytest.raises(TunelabError, match="no readable document"):
+        documents_to_records(data, tmp_path / "d")
+
+
 def test_the_field_mapping_reaches_the_training_data_and_not_documents(tmp_path):
     from tunelab.train.run import prepare_data
 
