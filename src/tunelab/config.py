@@ -69,12 +69,42 @@ class SplitConfig(Section):
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
+# The record fields a data.fields mapping may name: every field of the formats in tunelab.data.formats
+# (tests/data/test_fieldmap.py keeps the two equal).
+DATA_FIELDS = (
+    "instruction", "input", "output", "system", "messages", "conversations", "prompt", "completion",
+    "text", "label", "chosen", "rejected", "question", "answer", "context",
+)
+
+
+def field_map_errors(fields: dict[str, str]) -> list[str]:
+    """What is wrong with a field mapping {format field: source field}, one message per key."""
+    errors = []
+    for key, source in fields.items():
+        if key not in DATA_FIELDS:
+            close = difflib.get_close_matches(key, DATA_FIELDS, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"fields a mapping can name: {', '.join(DATA_FIELDS)}"
+            errors.append(f"unknown field '{key}' (in {key}: {source}); {hint}")
+        elif not source.strip():
+            errors.append(f"'{key}' is mapped to an empty field name")
+    sources = list(fields.values())
+    for source in sorted({s for s in sources if sources.count(s) > 1}):
+        keys = ", ".join(k for k, s in fields.items() if s == source)
+        errors.append(f"'{source}' is mapped to more than one field ({keys})")
+    return errors
+
+
 class DataConfig(Section):
-    train: list[Path] = Field(default_factory=list, description="Training inputs (JSONL, JSON, CSV, Parquet, HF dir).")
+    train: list[Path] = Field(default_factory=list, description="Training inputs (JSONL, JSON, CSV, Parquet, HF dir, "
+                              "or a directory `tunelab data synth` wrote).")
     eval: Path | None = Field(None, description="A held-out evaluation file, checked for leaks against train.")
     format: Literal[
-        "auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text", "label", "preference"
+        "auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text", "label", "preference", "qna"
     ] = "auto"
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Read other field names as a format's: {prompt: q, completion: a} "
+        "takes q as the prompt and a as the completion of every row."
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     seed: int = 42
     dedup: Literal["none", "exact", "near"] = Field("near", description="near = exact + MinHash near-duplicates.")
@@ -88,6 +118,14 @@ class DataConfig(Section):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str | Path) else value
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        errors = field_map_errors(value)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return value
 
 
 # -------------------------------------------------------------------------------------------- method

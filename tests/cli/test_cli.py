@@ -60,6 +60,26 @@ def test_data_prepare_json_and_bad_input(tmp_path):
     assert result.exit_code == 2 and "sum to 1" in result.output
 
 
+def test_data_prepare_field_mapping(tmp_path):
+    faq = tmp_path / "faq.csv"
+    faq.write_text("q,a\n" + "".join(f"Question {i}?,Answer {i}.\n" for i in range(10)) + "Last?,\n")
+    args = ["data", "prepare", str(faq), "--out", str(tmp_path / "out"), "--field", "prompt=q", "--field", "completion=a"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert f"{faq}:12: field 'a': missing required field (read as 'completion')" in result.output
+    assert not (tmp_path / "out").exists()
+    result = runner.invoke(app, [*args, "--skip-invalid", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["skipped_invalid"] == {"missing_field": 1} and sum(data["splits"].values()) == 10
+    for field, message in [
+        ("promt=q", "--field: unknown field 'promt' (in promt: q); did you mean 'prompt'?"),
+        ("prompt", "--field 'prompt': give FORMAT_FIELD=YOUR_FIELD"),
+    ]:
+        result = runner.invoke(app, ["data", "prepare", str(faq), "--out", str(tmp_path / "o2"), "--field", field])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
 def _tiny_experiment(tmp_path, tiny_model_dir) -> str:
     rows = [
         {"messages": [{"role": "user", "content": f"What is code {i}?"}, {"role": "assistant", "content": f"Code {i} is {i * 7}."}]}

@@ -34,11 +34,30 @@ def convo(*pairs: tuple[str, str]) -> list[dict[str, str]]:
         ({"text": "t"}, "text"),
         ({"text": "t", "label": None}, "text"),
         ({"prompt": "p"}, None),
-        ({"question": "q", "answer": "a"}, None),
+        ({"question": "q", "answer": "a"}, "qna"),
+        ({"question": "q", "answer": "a", "context": "c"}, "qna"),
+        ({"question": "q", "context": "c"}, None),
     ],
 )
 def test_detect_format_precedence(row, fmt):
     assert detect_format(row) == fmt
+
+
+@pytest.mark.parametrize(
+    ("row", "fmt"),
+    [
+        ({"prompt": "p", "chosen": "c", "rejected": "r"}, "preference"),
+        ({"messages": []}, "chat"),
+        ({"conversations": []}, "sharegpt"),
+        ({"instruction": "i", "output": "o"}, "alpaca"),
+        ({"prompt": "p", "completion": "c"}, "prompt_completion"),
+        ({"text": "t", "label": 1}, "label"),
+        ({"text": "t"}, "text"),
+    ],
+)
+def test_question_and_answer_fields_do_not_change_older_formats(row, fmt):
+    # A row of an older format that also carries question/answer/context is still that format.
+    assert detect_format({**row, "question": "q", "answer": "a", "context": "c"}) == fmt
 
 
 # -- one good file per format --------------------------------------------------------------------------
@@ -108,6 +127,42 @@ def test_preference_file_string_explicit_and_implicit_prompts():
     assert b.messages == convo(("system", "Be kind."), ("user", "Thanks!"))
     assert (b.chosen, b.rejected) == ("You're welcome!", "Whatever.")
     assert (c.messages, c.chosen, c.rejected) == (convo(("user", "2+2?")), "4", "5")
+
+
+def test_qna_jsonl_context_comes_before_the_question():
+    res = read_records([FILES / "qna.jsonl"])
+    f = str(FILES / "qna.jsonl")
+    assert res.formats == {f: "qna"} and res.skipped == {}
+    a, b = res.records
+    assert a.kind == "chat" and a.messages == convo(
+        ("user", "Every employee gets 25 days of annual leave a year.\n\nHow many days of annual leave do I get?"),
+        ("assistant", "25 days a year."),
+    )
+    assert a.meta == {"id": "hr-1", "file": f, "line": 1, "format": "qna"}
+    assert b.messages == convo(("user", "Who approves expenses?"), ("assistant", "Your team lead."))
+
+
+def test_qna_csv_with_an_empty_context_cell():
+    a, b = read_records([FILES / "qna.csv"]).records
+    assert a.messages == convo(
+        ("user", "Refunds are paid within 14 days, to the card used.\n\nWhen are refunds paid?"),
+        ("assistant", "Within 14 days."),
+    )
+    assert b.messages == convo(("user", "Can I pay by invoice?"), ("assistant", "Yes, for orders over 500 EUR."))
+    assert a.meta["source"] == "faq" and b.meta["line"] == 3
+
+
+def test_qna_problems_name_line_and_field(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        '{"question": "Q1?", "answer": "A1"}\n{"question": "Q2?"}\n{"question": "Q3?", "answer": 3}\n'
+    )
+    with pytest.raises(InputError) as info:
+        read_records([path])
+    assert [(p.line, p.field, p.reason) for p in info.value.problems] == [
+        (2, "answer", "missing_field"),
+        (3, "answer", "wrong_type"),
+    ]
 
 
 def test_json_csv_tsv_containers():
@@ -248,12 +303,13 @@ def test_unknown_first_row_names_keys_and_formats():
         read_records([BAD / "unknown_format.jsonl"], skip_invalid=True)
     msg = str(exc.value)
     assert (
-        "unknown_format.jsonl: line 1: cannot tell the data format from the first row (keys: question, answer)"
+        "unknown_format.jsonl: line 1: cannot tell the data format from the first row (keys: query, response)"
         in msg
     )
     for fmt in FORMATS:
         assert fmt in msg
     assert "alpaca (instruction, output)" in msg and "preference (prompt, chosen, rejected)" in msg
+    assert "--field prompt=q" in msg  # points at the field mapping
 
 
 # -- read_records: modes, counts, the problem cap ------------------------------------------------------

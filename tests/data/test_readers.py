@@ -201,10 +201,58 @@ def test_csv_bad_rows_become_problems(tmp_path):
     assert rows[4].row == {"text": "last", "label": "d"}
 
 
+def test_csv_rows_with_too_few_or_too_many_values_are_problems_at_their_line():
+    path = FILES / "csv" / "wrong_counts.csv"
+    rows = rows_of(path)
+    assert positions(rows) == [(2, "invalid_csv"), (3, None), (4, "invalid_csv")]
+    assert rows[0].problem.message == "record has 1 value but the header has 2 columns (a missing delimiter?)"
+    assert str(rows[0].problem).startswith(f"{path}:2: ")
+    assert rows[2].problem.message == (
+        "record has 4 values but the header has 2 columns (an unquoted delimiter inside a value?)"
+    )
+
+
+def test_csv_quote_closing_mid_value_or_lines_later_is_a_problem(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('a,b\n"x"y,z\n"one,two\nthree,"four\nok,fine\n"p\nq",2,3\n')
+    rows = rows_of(path)
+    assert positions(rows) == [(2, "invalid_csv"), (3, "invalid_csv"), (5, None), (6, "invalid_csv")]
+    assert rows[0].problem.message == "malformed CSV record: ',' expected after '\"'"
+    assert rows[1].problem.message.endswith("(lines 3-4 read as one record: a quote that closes too late?)")
+    assert rows[3].problem.message == (
+        "record has 3 values but the header has 2 columns (lines 6-7 read as one record: a quote that closes "
+        "too late?)"
+    )
+
+
+def test_csv_quote_that_never_closes_stops_the_file_at_its_line():
+    path = FILES / "csv" / "unclosed_quote.csv"
+    with pytest.raises(TunelabError) as info:
+        rows_of(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:3: a quoted CSV value opens on this line and never closes")
+    assert "runs on to the end of the file (line 5)" in msg
+
+
+def test_csv_quote_open_past_the_field_limit_stops_the_file(tmp_path):
+    import csv
+
+    path = tmp_path / "big.csv"
+    # The reader only ever raises the csv module's limit to max_line_bytes, so today's limit holds.
+    lines = csv.field_size_limit() // 36 + 10
+    path.write_text("text,label\nok,a\n" + '"runaway,b\n' + "".join(f"row {i:>30},b\n" for i in range(lines)))
+    with pytest.raises(TunelabError) as info:
+        rows_of(path, max_line_bytes=100)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:3: a quoted CSV value opens on this line and never closes: it is still open")
+    assert f"past the {csv.field_size_limit()}-character limit on one value" in msg
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
         ("text,label\n", "is empty"),
+        ('"text,label\nx,y\n', "header row cannot be read: unexpected end of data"),
         ("text,,label\nx,y,z\n", "header column.s. 2 have no name"),
         ("text,text\nx,y\n", "duplicate header column.s.: text"),
     ],

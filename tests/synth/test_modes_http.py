@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from tunelab.cli.app import app
 from tunelab.config import DataConfig, SynthConfig, load_config
+from tunelab.data.prepare import load_manifest
 from tunelab.data.prepare import run as prepare
 from tunelab.errors import TunelabError
 from tunelab.io import read_jsonl
@@ -81,6 +82,18 @@ def test_held_out_sections_make_an_eval_set_prepare_checks_for_leaks(server, tmp
     assert all(r["meta"]["eval_source"] == "held_out" for r in evals)
     splits = prepared_rows(tmp_path, tmp_path / "out", eval_file=True)
     assert len(splits["eval"]) == 4 and len(splits["train"]) == 16
+    # The directory itself stands for its train.jsonl and held-out eval.jsonl, in data prepare and in the
+    # training path (which turns other directories into documents): the same dataset as the files give.
+    from tunelab.train.run import prepare_data
+
+    expected = load_manifest(tmp_path / "prepared")["dataset_hash"]
+    whole = DataConfig(train=[tmp_path / "out"], split={"train": 1.0, "validation": 0.0})
+    direct = prepare(whole, tmp_path / "direct")
+    assert direct.manifest["dataset_hash"] == expected
+    assert direct.manifest["inputs"] == [str(tmp_path / "out" / n) for n in ("train.jsonl", "eval.jsonl")]
+    trained = prepare_data(whole, tmp_path / "run" / "data")
+    assert trained["dataset_hash"] == expected and "documents" not in trained
+    assert not (tmp_path / "run" / "data-documents").exists()
     # the same seed holds out the same sections
     again = run(config(server, tmp_path, eval_set="held_out", eval_fraction=0.2), tmp_path / "out2")
     assert again.manifest["eval_set"]["chunk_ids"] == ev["chunk_ids"]
@@ -99,6 +112,9 @@ def test_paraphrased_eval_set_rewords_training_questions(server, tmp_path):
         assert r["messages"][1] == original["messages"][1]  # same answer
         assert r["meta"]["eval_source"] == "paraphrase" and r["meta"]["chunk_id"] == original["meta"]["chunk_id"]
     assert "tunelab eval" in res.manifest["next"][1]
+    # a paraphrase set shares answers with training by design: the directory gives no eval split
+    direct = prepare(DataConfig(train=[tmp_path / "out"]), tmp_path / "direct")
+    assert "eval" not in direct.splits and direct.manifest["inputs"] == [str(tmp_path / "out" / "train.jsonl")]
 
 
 def test_the_judge_drops_what_it_cannot_confirm_and_counts_its_failures(server, tmp_path):
@@ -146,11 +162,12 @@ def test_cli_runs_synth_and_prints_one_json_object(server, tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 training records" in result.output and "self_containment" in result.output
     assert "3 calls (3 from cache)" in " ".join(result.output.split())
-    # and data prepare takes the output
-    result = CliRunner().invoke(app, ["data", "prepare", str(tmp_path / "out" / "train.jsonl"), "--out",
-                                      str(tmp_path / "prepared"), "--json"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["splits"]["train"] + json.loads(result.stdout)["splits"]["validation"] == 3
+    # and data prepare takes the output, its train.jsonl or the directory itself
+    for i, given in enumerate((tmp_path / "out" / "train.jsonl", tmp_path / "out")):
+        result = CliRunner().invoke(app, ["data", "prepare", str(given), "--out", str(tmp_path / f"prepared{i}"),
+                                          "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["splits"]["train"] + json.loads(result.stdout)["splits"]["validation"] == 3
 
 
 def test_cli_errors_are_clear_and_write_nothing(server, tmp_path):

@@ -46,3 +46,31 @@ def test_document_input_errors(tmp_path):
     (empty / "ok.md").write_text("text\n", encoding="utf-8")
     with pytest.raises(TunelabError, match="data.format is chat"):
         documents_to_records(DataConfig(train=[empty], format="chat"), tmp_path / "d")
+
+
+def test_a_synth_output_directory_is_data_not_documents(tmp_path):
+    out = tmp_path / "synth-out"
+    out.mkdir()
+    (out / "train.jsonl").write_text('{"text": "a record"}\n', encoding="utf-8")
+    (out / "manifest.json").write_text('{"tunelab_synth": 1, "eval_set": {"how": "none"}}', encoding="utf-8")
+    data = DataConfig(train=[out])
+    assert documents_to_records(data, tmp_path / "d") == (data, None)
+    # any other directory is documents, as before (here none readable)
+    (out / "manifest.json").write_text('{"tunelab_dataset": 1}', encoding="utf-8")
+    with pytest.raises(TunelabError, match="no readable document"):
+        documents_to_records(data, tmp_path / "d")
+
+
+def test_the_field_mapping_reaches_the_training_data_and_not_documents(tmp_path):
+    from tunelab.train.run import prepare_data
+
+    faq = tmp_path / "faq.jsonl"
+    faq.write_text("".join(f'{{"q": "Question {i}?", "a": "Answer {i}."}}\n' for i in range(4)), encoding="utf-8")
+    data = DataConfig(train=[faq], fields={"prompt": "q", "completion": "a"}, dedup="none")
+    manifest = prepare_data(data, tmp_path / "run" / "data")
+    assert manifest["formats"] == {str(faq): "prompt_completion"} and manifest["records_valid"] == 4
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("text\n", encoding="utf-8")
+    with pytest.raises(TunelabError, match="data.fields maps the field names of data files"):
+        documents_to_records(data.model_copy(update={"train": [docs]}), tmp_path / "d")

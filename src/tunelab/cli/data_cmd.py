@@ -30,12 +30,33 @@ def _parse_split(text: str) -> SplitConfig:
         raise ConfigError("--split", [e["msg"].removeprefix("Value error, ") for e in exc.errors()]) from None
 
 
+def _parse_fields(items: list[str]) -> dict[str, str]:
+    """`--field prompt=q --field completion=a` -> {"prompt": "q", "completion": "a"}."""
+    fields: dict[str, str] = {}
+    for item in items:
+        key, sep, source = (part.strip() for part in item.partition("="))
+        if not sep or not key or not source:
+            raise TunelabError(f"--field '{item}': give FORMAT_FIELD=YOUR_FIELD, e.g. --field prompt=question")
+        if key in fields:
+            raise TunelabError(f"--field '{item}': '{key}' is already mapped to '{fields[key]}'")
+        fields[key] = source
+    return fields
+
+
+def _option_name(loc: tuple) -> str:
+    # DataConfig.fields is filled from the repeated --field option.
+    return "--field" if loc[0] == "fields" else f"--{'-'.join(map(str, loc)).replace('_', '-')}"
+
+
 @app.command("prepare")
 @handle_errors
 def prepare(
-    inputs: list[Path] = typer.Argument(..., help="Input files (JSONL, JSON, CSV, Parquet) or saved HF dataset dirs."),
+    inputs: list[Path] = typer.Argument(..., help="Input files (JSONL, JSON, CSV, Parquet), saved HF dataset dirs, "
+                                        "or a directory `tunelab data synth` wrote."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory (replaced atomically)."),
-    fmt: str = typer.Option("auto", "--format", "-f", help="alpaca|chat|sharegpt|prompt_completion|text|label|preference|auto"),
+    fmt: str = typer.Option("auto", "--format", "-f", help="alpaca|chat|sharegpt|prompt_completion|text|label|preference|qna|auto"),
+    field: list[str] = typer.Option([], "--field", help="Read YOUR_FIELD as a format's field: FORMAT_FIELD=YOUR_FIELD "
+                                    "(repeatable), e.g. --field prompt=q --field completion=a."),
     eval_file: Path | None = typer.Option(None, "--eval", help="A held-out eval file (checked for leaks against train)."),
     split: str = typer.Option("0.9,0.1,0", "--split", help="train,validation[,test] ratios."),
     seed: int = typer.Option(42, "--seed"),
@@ -66,6 +87,7 @@ def prepare(
             train=inputs,
             eval=eval_file,
             format=fmt,
+            fields=_parse_fields(field),
             split=split_cfg,
             seed=seed,
             dedup=dedup,
@@ -76,7 +98,7 @@ def prepare(
             clean=CleanConfig(normalize=normalize, strip_html=strip_html, min_chars=min_chars, max_chars=max_chars),
         )
     except ValidationError as exc:
-        raise ConfigError("options", [f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()]) from None
+        raise ConfigError("options", [f"{_option_name(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]) from None
 
     if as_json:
         result = run(config, out, model=model)

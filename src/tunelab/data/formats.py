@@ -10,6 +10,11 @@ Supported formats (fields in brackets are optional):
 - label:             text, label (a string or an integer)               -> label record
 - preference:        [prompt], chosen, rejected (each a string or a message list, as in TRL; without a
                      prompt, chosen and rejected are whole conversations sharing it) -> preference record
+- qna:               question, answer, [context] (InstructLab qna, SQuAD-style exports, FAQ dumps) -> chat record
+
+A qna row becomes one user turn and one assistant turn (the answer). The context, when a row has one,
+comes first in the user turn, then a blank line, then the question: the passage is read before the
+question it is about, as in reading-comprehension prompts, and the answer is trained after both.
 
 Detection (`detect_format`) looks at which fields a row has (null values count as absent) and takes
 the first match in this order:
@@ -21,9 +26,11 @@ the first match in this order:
     5. prompt_completion  prompt and completion
     6. label              text and label
     7. text               text
+    8. qna                question and answer
 
 so a preference row with a prompt is never taken for prompt/completion, and text with a label is a
-classification row. `read_records` detects the format once per file from its first readable row
+classification row; qna comes last, so a row that was one of the older formats before qna existed
+still is (a row with text, question and answer is a text row with the other two kept in meta). `read_records` detects the format once per file from its first readable row
 (or takes the one forced by the caller) and holds every later row of the file to it.
 
 Validation rules beyond types: text fields must not be blank; roles are matched case-insensitively
@@ -33,7 +40,8 @@ preference prompt must end with a user turn and chosen/rejected must be one diff
 reply each. Repeated roles in a row are allowed. Messages keep only role and content.
 
 Every problem names file, line, field (a dotted path for nested fields, e.g. `messages[2].role`) and a
-short reason code used for skip counts; see REASONS.
+short reason code used for skip counts; see REASONS. Rows whose fields have other names are read
+through a field mapping (`fields`, see fieldmap.py), whose problems name the user's own field.
 """
 
 from __future__ import annotations
@@ -47,10 +55,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, Problem, TunelabError
+from .fieldmap import FieldMap
 from .readers import RawRow, iter_rows, type_name
 from .records import Record
 
-FORMATS = ("alpaca", "chat", "sharegpt", "prompt_completion", "text", "label", "preference")
+FORMATS = ("alpaca", "chat", "sharegpt", "prompt_completion", "text", "label", "preference", "qna")
 
 REASONS = {
     "invalid_json": "the line (or file) is not valid JSON",
@@ -74,6 +83,7 @@ _DETECT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("prompt_completion", ("prompt", "completion")),
     ("label", ("text", "label")),
     ("text", ("text",)),
+    ("qna", ("question", "answer")),
 )
 
 # The fields each format reads (everything else in a row goes to record.meta) ...
@@ -85,6 +95,7 @@ _USED = {
     "text": frozenset({"text"}),
     "label": frozenset({"text", "label"}),
     "preference": frozenset({"prompt", "chosen", "rejected"}),
+    "qna": frozenset({"question", "answer", "context"}),
 }
 # ... and the ones a row must have at least one of to be that format at all (else format_mismatch).
 _REQUIRED = {
@@ -95,6 +106,7 @@ _REQUIRED = {
     "text": ("text",),
     "label": ("text", "label"),
     "preference": ("chosen", "rejected"),
+    "qna": ("question", "answer"),
 }
 _HELP = {
     "alpaca": "instruction, output",
@@ -104,6 +116,7 @@ _HELP = {
     "text": "text",
     "label": "text, label",
     "preference": "prompt, chosen, rejected",
+    "qna": "question, answer, [context]",
 }
 
 CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
@@ -396,6 +409,16 @@ def _preference(row: dict, c: _Check) -> Record | None:
     )
 
 
+def _qna(row: dict, c: _Check) -> Record | None:
+    question = c.text(row, "question", "question")
+    answer = c.text(row, "answer", "answer")
+    context = c.text(row, "context", "context", required=False)
+    if question is None or answer is None or c.problems:
+        return None
+    user = f"{context}\n\n{question}" if context else question
+    return Record(kind="chat", messages=[{"role": "user", "content": user}, {"role": "assistant", "content": answer}])
+
+
 def _common_prefix(a: list[dict[str, str]], b: list[dict[str, str]]) -> int:
     # Never the whole of either list: each side keeps at least its last turn as the reply.
     limit = min(len(a), len(b)) - 1
@@ -413,6 +436,7 @@ _CONVERTERS = {
     "text": _text,
     "label": _label,
     "preference": _preference,
+    "qna": _qna,
 }
 
 
@@ -487,9 +511,11 @@ def read_records(
     max_line_bytes: int = 1_000_000,
     max_errors: int = 50,
     split: str | None = None,
+    fields: dict[str, str] | None = None,
 ) -> ReadResult:
     """Read, validate and convert every row of `paths` into Records.
 
+    `fields` ({format field: source field}) renames each row's fields first (fieldmap.py).
     The format is detected per file from its first readable row unless `fmt` forces one. By default
     any problem in any file raises InputError (listing the first `max_errors`, counting all) after
     every file has been checked; with skip_invalid=True bad rows are dropped and counted by reason.
@@ -498,11 +524,12 @@ def read_records(
         raise TunelabError(f"unknown data format '{fmt}'; use auto or one of: {', '.join(FORMATS)}")
     if not paths:
         raise TunelabError("no input files given")
+    fieldmap = FieldMap(fields) if fields else None
     result = ReadResult(records=[])
     collector = _Collector(result, max_errors)
     with _gc_paused():
         for path in paths:
-            _read_file(Path(path), fmt, result, collector, max_line_bytes, split)
+            _read_file(Path(path), fmt, result, collector, max_line_bytes, split, fieldmap)
     bad_rows = sum(result.skipped.values())
     if bad_rows and not skip_invalid:
         raise InputError(
@@ -536,7 +563,13 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _read_file(
-    path: Path, fmt: str, result: ReadResult, collector: _Collector, max_line_bytes: int, split: str | None
+    path: Path,
+    fmt: str,
+    result: ReadResult,
+    collector: _Collector,
+    max_line_bytes: int,
+    split: str | None,
+    fieldmap: FieldMap | None,
 ) -> None:
     file = str(path)
     file_fmt = None if fmt == "auto" else fmt
@@ -548,22 +581,29 @@ def _read_file(
         if raw.problem is not None:
             collector.bad_row([raw.problem], raw.unit)
             continue
+        row = raw.row
+        if fieldmap is not None:
+            row, problems = fieldmap.apply(row, file, raw.line)
+            if problems:
+                collector.bad_row(problems, raw.unit)
+                continue
         if file_fmt is None:
-            file_fmt = detect_format(raw.row)
+            file_fmt = detect_format(row)
             if file_fmt is None:
-                raise TunelabError(_no_format(raw))
+                raise TunelabError(_no_format(raw, row))
             result.formats[file] = file_fmt
-        record, problems = to_record(raw.row, file_fmt, file, raw.line)
+        record, problems = to_record(row, file_fmt, file, raw.line)
         if record is None:
-            collector.bad_row(problems, raw.unit)
+            collector.bad_row(fieldmap.relabel(problems) if fieldmap else problems, raw.unit)
         else:
             records.append(record)
 
 
-def _no_format(raw: RawRow) -> str:
-    keys = ", ".join(k for k, v in raw.row.items() if v is not None) or "none"
+def _no_format(raw: RawRow, row: dict[str, Any]) -> str:
+    keys = ", ".join(k for k, v in row.items() if v is not None) or "none"
     return (
         f"{raw.file}: {raw.unit} {raw.line}: cannot tell the data format from the first row (keys: {keys}). "
-        f"Supported formats and their fields: {supported_formats()}. Rename the fields, or name the "
-        "format explicitly if the fields are there."
+        f"Supported formats and their fields: {supported_formats()}. Map your fields to a format's "
+        "(data.fields, or --field prompt=q --field completion=a), or name the format explicitly if the "
+        "fields are there."
     )

@@ -5,6 +5,9 @@ inside each split -> remove eval records that leak from train -> (optional) rend
 write. Scrubbing comes before dedup so two records that differ only in an e-mail address count as
 duplicates; leak removal comes last so it sees the final training split.
 
+Inputs may be files, saved Hugging Face dataset directories or a directory `tunelab data synth` wrote
+(inputs.py); rows are read in any format of formats.py, through the config's field mapping if any.
+
 The output directory holds one JSONL file per split (canonical records), `leaks.jsonl` (what was removed
 from eval splits and why) and `manifest.json` (counts in and out, removals by reason, PII counts, the
 content hash that versions the dataset, and the resolved options). It is built in a temporary directory
@@ -24,6 +27,7 @@ from typing import Any
 from ..config import DataConfig
 from ..errors import TunelabError
 from ..io import atomic_dir, write_json, write_jsonl
+from .inputs import expand_inputs
 from .records import Record
 
 SPLIT_ORDER = ("train", "validation", "test", "eval")
@@ -91,10 +95,13 @@ def run(
 
     stage("reading and validating")
     fmt = config.format
-    read = formats.read_records(list(config.train), fmt, skip_invalid=config.skip_invalid)
+    # A synth output directory stands for its files (inputs.py); the manifest keeps the options as given.
+    train_files, eval_file = expand_inputs(list(config.train), config.eval)
+    fields = config.fields or None
+    read = formats.read_records(train_files, fmt, skip_invalid=config.skip_invalid, fields=fields)
     eval_read = None
-    if config.eval is not None:
-        eval_read = formats.read_records([config.eval], fmt, skip_invalid=config.skip_invalid)
+    if eval_file is not None:
+        eval_read = formats.read_records([eval_file], fmt, skip_invalid=config.skip_invalid, fields=fields)
     tick("read")
 
     removed: dict[str, int] = {}
@@ -188,7 +195,7 @@ def run(
         "tunelab_dataset": 1,
         "dataset_hash": dataset_hash(split_rows),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "inputs": [str(p) for p in config.train] + ([str(config.eval)] if config.eval else []),
+        "inputs": [str(p) for p in train_files] + ([str(eval_file)] if eval_file else []),
         "formats": {**read.formats, **(eval_read.formats if eval_read else {})},
         "rows_in": read.rows_in + (eval_read.rows_in if eval_read else 0),
         "records_valid": len(read.records) + (len(eval_read.records) if eval_read else 0),

@@ -9,6 +9,11 @@ row never stops the file: JSONL and CSV are read as bytes and decoded line by li
 Whole-file errors (missing path, unknown extension, empty file, a file that is not what its
 extension says) raise TunelabError naming the path.
 
+CSV/TSV records are held to the header: a record with more or fewer values than the header has
+columns is a problem at its line (never a row with fields silently missing), and a quote that closes
+in the middle of a value is one too. A quoted value that never closes would swallow the rest of the
+file into one value, so it stops the file with a TunelabError naming the line where the quote opened.
+
 Positions: text formats report the 1-based line in the file where the row starts (for JSON arrays,
 the line where the element starts); Parquet and datasets report the 1-based row number, and mark
 the RawRow with unit="row" so messages can say "row" instead of "line".
@@ -378,7 +383,8 @@ def _iter_csv(path: Path, delimiter: str, max_line_bytes: int) -> Iterator[RawRo
     # A quoted field may span lines; the csv module's own cap would stop long-but-allowed fields.
     csv.field_size_limit(max(csv.field_size_limit(), max_line_bytes))
     with open(path, "rb") as fh:
-        reader = csv.reader(_csv_lines(fh, file, max_line_bytes, flagged), delimiter=delimiter)
+        # strict: a quote closing mid-value ('"a"b') is an error, not silently the value 'ab'.
+        reader = csv.reader(_csv_lines(fh, file, max_line_bytes, flagged), delimiter=delimiter, strict=True)
         header = _csv_header(path, reader, flagged)
         prev = reader.line_num
         count = 0
@@ -390,6 +396,8 @@ def _iter_csv(path: Path, delimiter: str, max_line_bytes: int) -> Iterator[RawRo
             except csv.Error as exc:
                 cells = exc
             start, prev = prev + 1, reader.line_num
+            if isinstance(cells, csv.Error) and _runaway(cells):
+                raise _unclosed_quote(file, start, prev, delimiter, cells) from None
             item = _csv_row(file, start, prev, cells, header, flagged, delimiter)
             if item is not None:
                 count += 1
@@ -411,18 +419,39 @@ def _csv_row(
     bad = [flagged.pop(n) for n in range(start, end + 1) if n in flagged]
     if bad:
         return RawRow(file, bad[0].line, None, bad[0])
+    span = f" (lines {start}-{end} read as one record: a quote that closes too late?)" if end > start else ""
     if isinstance(cells, csv.Error):
-        msg = f"malformed {_kind(delimiter)} record: {cells}"
+        msg = f"malformed {_kind(delimiter)} record: {cells}{span}"
         return RawRow(file, start, None, Problem(file, start, None, msg, "invalid_csv"))
     if not any(cells):
         return None
-    if len(cells) > len(header):
-        msg = (
-            f"record has {len(cells)} values but the header has {len(header)} columns "
-            "(an unquoted delimiter inside a value?)"
+    if len(cells) != len(header):
+        hint = span or (
+            " (an unquoted delimiter inside a value?)" if len(cells) > len(header) else " (a missing delimiter?)"
         )
+        values = f"{len(cells)} value" + ("s" if len(cells) != 1 else "")
+        msg = f"record has {values} but the header has {len(header)} columns{hint}"
         return RawRow(file, start, None, Problem(file, start, None, msg, "invalid_csv"))
-    return RawRow(file, start, {h: v for h, v in zip(header, cells, strict=False) if v != ""}, None)
+    return RawRow(file, start, {h: v for h, v in zip(header, cells, strict=True) if v != ""}, None)
+
+
+def _runaway(exc: csv.Error) -> bool:
+    """True for the csv module's errors that mean a quoted value ran on to the end of the file (strict
+    mode's end-of-data error) or past the field size limit: nothing after it can be told apart."""
+    return str(exc).startswith(("unexpected end of data", "field larger than field limit"))
+
+
+def _unclosed_quote(file: str, start: int, end: int, delimiter: str, exc: csv.Error) -> TunelabError:
+    where = (
+        f"runs on to the end of the file (line {end})"
+        if str(exc).startswith("unexpected end of data")
+        else f"is still open at line {end}, past the {csv.field_size_limit()}-character limit on one value"
+    )
+    return TunelabError(
+        f"{file}:{start}: a quoted {_kind(delimiter)} value opens on this line and never closes: it {where}, "
+        "which would swallow the records after it. Close the quote "
+        '(a quote inside a quoted value is written twice: "")'
+    )
 
 
 def _kind(delimiter: str) -> str:
@@ -443,7 +472,13 @@ def _csv_lines(fh: BinaryIO, file: str, max_line_bytes: int, flagged: dict[int, 
 
 
 def _csv_header(path: Path, reader: Any, flagged: dict[int, Problem]) -> list[str]:
-    for cells in reader:
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            raise _empty(path) from None
+        except csv.Error as exc:
+            raise TunelabError(f"{path}: the header row cannot be read: {exc}") from None
         if flagged:
             raise TunelabError(
                 f"{path}: the header row cannot be read: {next(iter(flagged.values())).message}"
@@ -460,7 +495,6 @@ def _csv_header(path: Path, reader: Any, flagged: dict[int, Problem]) -> list[st
         if dupes:
             raise TunelabError(f"{path}: duplicate header column(s): {', '.join(dupes)}")
         return header
-    raise _empty(path)
 
 
 # -- Parquet and saved datasets ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ objective cuts long ones into max_length windows, so no text is lost. The record
 dataset is reused while they do not) and then prepared like any JSONL input: cleaning, dedup, PII and
 the split apply to documents as to other records. Files the ingester cannot read are listed, with the
 reason, in `skipped.json` beside it and in the run's warnings; no readable document at all is an error.
+A directory `tunelab data synth` wrote is data, not documents (its manifest says so; data/inputs.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
+from ..data.inputs import synth_manifest
 from ..errors import TunelabError
 from ..io import write_json, write_text
 
@@ -30,7 +32,9 @@ DOCUMENT_SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".docx
 
 def is_documents(path: Path) -> bool:
     path = Path(path)
-    return path.is_dir() or path.suffix.lower() in DOCUMENT_SUFFIXES
+    if path.is_dir():
+        return synth_manifest(path) is None
+    return path.suffix.lower() in DOCUMENT_SUFFIXES
 
 
 def documents_to_records(data: DataConfig, dataset_dir: Path) -> tuple[DataConfig, dict[str, Any] | None]:
@@ -44,6 +48,9 @@ def documents_to_records(data: DataConfig, dataset_dir: Path) -> tuple[DataConfi
     if data.format not in ("auto", "text"):
         raise TunelabError(f"data.format is {data.format}, but data.train holds documents, which become text "
                            "records: use format auto (or text), or give the documents in a stage of their own")
+    if data.fields:
+        raise TunelabError("data.fields maps the field names of data files, but data.train holds documents, "
+                           "which have none: give the documents in a stage of their own")
     missing = [str(p) for p in docs if not p.exists()]
     if missing:
         raise TunelabError(f"data.train: {', '.join(missing)} not found")
