@@ -1,0 +1,35 @@
+"""The experiment config: one YAML file per experiment, one pydantic schema, validated in one place.
+
+Every section has documented defaults, so a minimal file (`name` and `model`) is a whole experiment.
+Unknown keys are errors with a did-you-mean suggestion; every error names its dotted path in the file
+and its line, and says what was expected and what was found (`train.lr (line 12): must be > 0, got -1`).
+The resolved config (defaults filled in, paths made absolute) is saved next to every output so every
+result can be re-run.
+
+Later stages own their sections' meaning; this package only fixes their shape and bounds. The schema
+lives in base, training, evaluation, synth and experiment; reading, overriding, validating, resolving
+and saving a file in loading.
+"""
+
+from .base import Section
+from .evaluation import CompareConfig, EvalConfig, JudgeConfig, RagConfig, VariantConfig
+from .experiment import ExperimentConfig, ServeConfig, TrackingConfig
+from .loading import ALIASES, apply_overrides, load_config, parse_override, save_resolved, validate_data
+from .synth import SynthConfig, SynthFilterConfig, TeacherConfig
+from .training import (
+    CleanConfig,
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    SplitConfig,
+    StageConfig,
+    TaskConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "ALIASES", "CleanConfig", "CompareConfig", "DataConfig", "EvalConfig", "ExperimentConfig", "JudgeConfig",
+    "MethodConfig", "ModelConfig", "RagConfig", "Section", "ServeConfig", "SplitConfig", "StageConfig",
+    "SynthConfig", "SynthFilterConfig", "TaskConfig", "TeacherConfig", "TrackingConfig", "TrainConfig",
+    "VariantConfig", "apply_overrides", "load_config", "parse_override", "save_resolved", "validate_data",
+]
