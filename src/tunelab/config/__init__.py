@@ -7,14 +7,16 @@ The resolved config (defaults filled in, paths made absolute) is saved next to e
 result can be re-run.
 
 Later stages own their sections' meaning; this package only fixes their shape and bounds. The schema
-lives in base, training, evaluation, synth and experiment; reading, overriding, validating, resolving
-and saving a file in loading.
+lives in base, backend, training, evaluation, synth and experiment; reading, overriding, validating,
+resolving and saving a file in loading; the wording of every validation error in messages.
 """
 
+from .backend import BackendConfig
 from .base import Section
 from .evaluation import CompareConfig, EvalConfig, JudgeConfig, RagConfig, VariantConfig
 from .experiment import ExperimentConfig, ServeConfig, TrackingConfig
-from .loading import ALIASES, apply_overrides, load_config, parse_override, save_resolved, validate_data
+from .loading import apply_overrides, load_config, parse_override, save_resolved, validate_data
+from .messages import ALIASES, format_error, options_error
 from .synth import SynthConfig, SynthFilterConfig, TeacherConfig
 from .training import (
     CleanConfig,
@@ -28,8 +30,9 @@ from .training import (
 )
 
 __all__ = [
-    "ALIASES", "CleanConfig", "CompareConfig", "DataConfig", "EvalConfig", "ExperimentConfig", "JudgeConfig",
-    "MethodConfig", "ModelConfig", "RagConfig", "Section", "ServeConfig", "SplitConfig", "StageConfig",
-    "SynthConfig", "SynthFilterConfig", "TaskConfig", "TeacherConfig", "TrackingConfig", "TrainConfig",
-    "VariantConfig", "apply_overrides", "load_config", "parse_override", "save_resolved", "validate_data",
+    "ALIASES", "BackendConfig", "CleanConfig", "CompareConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
+    "JudgeConfig", "MethodConfig", "ModelConfig", "RagConfig", "Section", "ServeConfig", "SplitConfig",
+    "StageConfig", "SynthConfig", "SynthFilterConfig", "TaskConfig", "TeacherConfig", "TrackingConfig",
+    "TrainConfig", "VariantConfig", "apply_overrides", "format_error", "load_config", "options_error",
+    "parse_override", "save_resolved", "validate_data",
 ]

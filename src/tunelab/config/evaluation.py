@@ -7,33 +7,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..errors import TunelabError
+from .backend import BackendConfig
 from .base import Section
 
 
 # ------------------------------------------------------------------------------------------------ eval
-class JudgeConfig(Section):
+class JudgeConfig(BackendConfig):
     """The LLM judge (tunelab.evaluate.judge): which backend, how to call it, where its calls are cached."""
 
-    spec: str = Field(..., description="Judge backend: openai:MODEL@BASE_URL, openai:MODEL or local:MODEL[+ADAPTER].")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (openai).")
-    concurrency: int = Field(4, gt=0, description="Requests in flight at once (openai).")
-    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (openai).")
-    max_retries: int = Field(4, ge=0, description="Retries on timeouts, connection errors, 429 and 5xx (openai).")
     parse_retries: int = Field(2, ge=0, description="Re-asks after a reply that is not the JSON asked for.")
-    cache: bool = Field(True, description="Cache judge calls on disk: re-runs are free, interrupted runs resume.")
-    cache_dir: Path | None = Field(None, description="Default: <tunelab home>/llm_calls.")
-
-    @field_validator("spec")
-    @classmethod
-    def _valid_spec(cls, value: str) -> str:
-        from ..llm import parse_spec
-
-        try:
-            parse_spec(value)
-        except TunelabError as exc:
-            raise ValueError(str(exc)) from None
-        return value
 
 
 class EvalConfig(Section):

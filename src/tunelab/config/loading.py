@@ -3,8 +3,8 @@ name the dotted path and line, path resolution relative to the file, and saving 
 
 from __future__ import annotations
 
-import difflib
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,9 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, TunelabError
 from .experiment import ExperimentConfig
+from .messages import error_messages
 
 
-# ------------------------------------------------------------------------------------- loading/errors
 def _line_index(text: str) -> dict[tuple, int]:
     """Map each key path in a YAML document to its 1-based line, for error messages."""
     lines: dict[tuple, int] = {}
@@ -38,78 +38,6 @@ def _line_index(text: str) -> dict[tuple, int]:
     if root is not None:
         walk(root, ())
     return lines
-
-
-def _fields_at(path: tuple) -> list[str]:
-    """Field names valid at a dotted path of the schema (for did-you-mean)."""
-    model: type[BaseModel] | None = ExperimentConfig
-    item: type[BaseModel] | None = None  # the element model of a list field (stages, mixture)
-    for part in path:
-        if isinstance(part, int):
-            model, item = item, None
-            continue
-        if model is None:
-            return []
-        info = model.model_fields.get(part)
-        if info is None:
-            return []
-        ann = info.annotation
-        args = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
-        item = args[0] if typing.get_origin(ann) is list and args else None
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return list(model.model_fields) if model else []
-
-
-def _dotted(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-# Names users bring from other tools (PEFT, HF TrainingArguments, Axolotl) mapped to ours.
-ALIASES = {
-    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "learning_rate": "lr",
-    "num_epochs": "epochs", "num_train_epochs": "epochs", "micro_batch_size": "batch_size",
-    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
-    "lr_scheduler_type": "scheduler", "sequence_len": "max_length", "max_seq_length": "max_length",
-}
-
-
-def _line_of(loc: tuple, lines: dict[tuple, int]) -> int:
-    for i in range(len(loc), 0, -1):
-        if loc[:i] in lines:
-            return lines[loc[:i]]
-    return 0
-
-
-def _format_error(err: dict, lines: dict[tuple, int]) -> str:
-    loc = tuple(p for p in err["loc"] if p not in ("function-after",) and not str(p).startswith("function-"))
-    where = _dotted(loc) or "(top level)"
-    line = _line_of(loc, lines)
-    if line:
-        where += f" (line {line})"
-    etype = err["type"]
-    given = err.get("input")
-    if etype == "extra_forbidden":
-        options = _fields_at(loc[:-1])
-        close = [ALIASES[loc[-1]]] if ALIASES.get(loc[-1]) in options else []
-        close = close or difflib.get_close_matches(str(loc[-1]), options, n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(options)}" if options else "")
-        return f"{where}: unknown key{hint}"
-    if etype == "missing":
-        return f"{where}: required, but missing"
-    ctx = err.get("ctx") or {}
-    bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}", "less_than_equal": "<= {le}"}
-    if etype in bounds:
-        nums = {k: f"{v:g}" if isinstance(v, int | float) else v for k, v in ctx.items()}
-        return f"{where}: must be {bounds[etype].format(**nums)}, got {given!r}"
-    if etype == "literal_error":
-        return f"{where}: must be one of {ctx.get('expected')}, got {given!r}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if given is not None and not isinstance(given, dict | list):
-        return f"{where}: {msg}, got {given!r}"
-    return f"{where}: {msg}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -155,38 +83,44 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _is_path_type(annotation: Any) -> bool:
+    """Whether a field's type holds paths: Path, Path | None, list[Path], dict[str, Path] ..."""
+    return annotation is Path or any(_is_path_type(a) for a in typing.get_args(annotation))
+
+
+def _resolved(value: Any, fix: Callable[[Path], Path]) -> Any:
+    if isinstance(value, Path):
+        return fix(value)
+    if isinstance(value, list):
+        return [_resolved(v, fix) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolved(v, fix) for k, v in value.items()}
+    return value
+
+
+def _resolve_path_fields(section: BaseModel, fix: Callable[[Path], Path]) -> None:
+    """Resolve every Path-typed field of `section` and of the sections inside it, walking the schema,
+    so a path field added to any section is resolved without being listed here."""
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        if value is None:
+            continue
+        if _is_path_type(info.annotation):
+            setattr(section, name, _resolved(value, fix))
+        for child in value if isinstance(value, list) else [value]:
+            if isinstance(child, BaseModel):
+                _resolve_path_fields(child, fix)
+
+
 def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
     """Make every path field absolute, relative to the config file's directory."""
 
-    def fix(p: Path | None) -> Path | None:
-        if p is None:
-            return None
+    def fix(p: Path) -> Path:
         p = Path(p).expanduser()
         return p if p.is_absolute() else (base / p).resolve()
 
-    config.workdir = fix(config.workdir)
-    config.data.train = [fix(p) for p in config.data.train]
-    config.data.eval = fix(config.data.eval)
-    config.eval.data = fix(config.eval.data)
-    config.rag.docs = fix(config.rag.docs)
-    config.rag.index_dir = fix(config.rag.index_dir)
-    config.rag.prompt_template = fix(config.rag.prompt_template)
-    for task in config.mixture:
-        task.data = [fix(p) for p in task.data]
-    for stage in config.stages:
-        stage.data.train = [fix(p) for p in stage.data.train]
-        stage.data.eval = fix(stage.data.eval)
-        for task in stage.mixture:
-            task.data = [fix(p) for p in task.data]
-    for variant in config.compare.extra:
-        variant.adapter = fix(variant.adapter)
-    if config.synth is not None:
-        synth = config.synth
-        synth.docs, synth.out, synth.prompts = fix(synth.docs), fix(synth.out), fix(synth.prompts)
-        synth.teacher.cache_dir = fix(synth.teacher.cache_dir)
-        synth.filters.pool = [fix(p) for p in synth.filters.pool]
-        if synth.judge is not None:
-            synth.judge.cache_dir = fix(synth.judge.cache_dir)
+    _resolve_path_fields(config, fix)
+    # Two str fields may hold paths: the chat template (a Jinja file) and the model, which may be a hub id.
     if config.model.chat_template:
         config.model.chat_template = str(fix(Path(config.model.chat_template)))
     # A model given as a relative local path (./my-model, ../ckpt.gguf) is resolved too; names and hub ids stay.
@@ -216,9 +150,7 @@ def validate_data(data: Any, source: str = "<config>", text: str = "", base: Pat
         config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         lines = _line_index(text)
-        errors = _drop_inherited(exc.errors(), lines)
-        errors = sorted(errors, key=lambda e: _line_of(tuple(e["loc"]), lines))
-        raise ConfigError(source, [_format_error(e, lines) for e in errors]) from None
+        raise ConfigError(source, error_messages(_drop_inherited(exc.errors(), lines), lines)) from None
     return _resolve_paths(config, base or Path.cwd())
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from .backend import BackendConfig
 from .base import Section
 from .evaluation import JudgeConfig
 
@@ -17,24 +18,12 @@ def _spec_shorthand(value: Any) -> Any:
     return {"spec": value} if isinstance(value, str) else value
 
 
-class TeacherConfig(Section):
+class TeacherConfig(BackendConfig):
     """The teacher LLM of `tunelab data synth` (tunelab.synth): which backend and how to call it."""
 
-    spec: str = Field(..., description="openai:MODEL@BASE_URL, openai:MODEL or local:MODEL[+ADAPTER].")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (openai).")
-    concurrency: int = Field(4, gt=0, description="Requests in flight at once (openai).")
-    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout (openai).")
-    max_retries: int = Field(4, ge=0, description="Retries on timeouts, connection errors, 429 and 5xx (openai).")
     batch_size: int = Field(8, gt=0, description="Conversations generated together (local).")
     threads: int | None = Field(None, gt=0, description="CPU threads for generation (local); default: "
                                 "$TUNELAB_THREADS, else the physical cores.")
-    cache: bool = Field(True, description="Cache teacher calls on disk: re-runs are free, interrupted runs resume.")
-    cache_dir: Path | None = Field(None, description="Default: <tunelab home>/llm_calls.")
-
-    @field_validator("spec")
-    @classmethod
-    def _valid_spec(cls, value: str) -> str:
-        return JudgeConfig._valid_spec(value)
 
 
 class SynthFilterConfig(Section):
