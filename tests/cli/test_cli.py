@@ -73,7 +73,7 @@ def test_data_prepare_field_mapping(tmp_path):
     data = json.loads(result.stdout)
     assert data["skipped_invalid"] == {"missing_field": 1} and sum(data["splits"].values()) == 10
     for field, message in [
-        ("promt=q", "--field: unknown field 'promt' (in promt: q); did you mean 'prompt'?"),
+        ("promt=q", "data.fields (--field): unknown field 'promt' (in promt: q); did you mean 'prompt'?"),
         ("prompt", "--field 'prompt': give FORMAT_FIELD=YOUR_FIELD"),
     ]:
         result = runner.invoke(app, ["data", "prepare", str(faq), "--out", str(tmp_path / "o2"), "--field", field])

@@ -237,4 +237,4 @@ def test_eval_cli_errors_when_the_judge_scores_nothing(server, tiny_model_dir, t
     assert "could not score a single row" in result.output and "HTTP 404" in result.output
     assert not (tmp_path / "out").exists()  # no partial output
     result = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--judge", "nonsense"])
-    assert result.exit_code == 2 and "--judge: " in result.output and "is not KIND:MODEL" in result.output
+    assert result.exit_code == 2 and "eval.judge.spec (--judge): " in result.output and "is not KIND:MODEL" in result.output

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..config import CleanConfig, DataConfig, SplitConfig
-from ..errors import ConfigError, TunelabError
+from ..config import DataConfig, SplitConfig, options_error
+from ..errors import TunelabError
 from .common import JsonOption, emit, err_console, handle_errors
 
 app = typer.Typer(help="Prepare datasets: validate, clean, deduplicate, scrub PII, split, render.", no_args_is_help=True)
@@ -27,7 +27,17 @@ def _parse_split(text: str) -> SplitConfig:
     try:
         return SplitConfig(train=values[0], validation=values[1], test=values[2])
     except ValidationError as exc:
-        raise ConfigError("--split", [e["msg"].removeprefix("Value error, ") for e in exc.errors()]) from None
+        raise options_error(exc, "data.split", {f"data.split{k}": "--split" for k in ("", ".train", ".validation",
+                                                                                     ".test")}) from None
+
+
+# where each prepare option lands in an experiment file's data section (for error messages)
+PREPARE_FLAGS = {"data.train": "INPUTS", "data.eval": "--eval", "data.format": "--format", "data.seed": "--seed",
+                 "data.dedup": "--dedup", "data.near_threshold": "--near-threshold", "data.pii": "--pii",
+                 "data.max_length": "--max-length", "data.skip_invalid": "--skip-invalid",
+                 "data.clean.normalize": "--normalize", "data.clean.strip_html": "--strip-html",
+                 "data.clean.min_chars": "--min-chars", "data.clean.max_chars": "--max-chars",
+                 "data.fields": "--field"}
 
 
 def _parse_fields(items: list[str]) -> dict[str, str]:
@@ -41,11 +51,6 @@ def _parse_fields(items: list[str]) -> dict[str, str]:
             raise TunelabError(f"--field '{item}': '{key}' is already mapped to '{fields[key]}'")
         fields[key] = source
     return fields
-
-
-def _option_name(loc: tuple) -> str:
-    # DataConfig.fields is filled from the repeated --field option.
-    return "--field" if loc[0] == "fields" else f"--{'-'.join(map(str, loc)).replace('_', '-')}"
 
 
 @app.command("prepare")
@@ -95,10 +100,10 @@ def prepare(
             pii=pii,
             max_length=max_length,
             skip_invalid=skip_invalid,
-            clean=CleanConfig(normalize=normalize, strip_html=strip_html, min_chars=min_chars, max_chars=max_chars),
+            clean={"normalize": normalize, "strip_html": strip_html, "min_chars": min_chars, "max_chars": max_chars},
         )
     except ValidationError as exc:
-        raise ConfigError("options", [f"{_option_name(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]) from None
+        raise options_error(exc, "data", PREPARE_FLAGS) from None
 
     if as_json:
         result = run(config, out, model=model)

@@ -1,5 +1,6 @@
 """`tunelab eval`: generation metrics on a data file and/or multiple-choice benchmarks, for a model
 with an optional adapter; an LLM judge (--judge SPEC) and the forgetting check (--baseline) on top.
+The options are validated as the config's eval section; tunelab.evaluate.run does the work.
 
     tunelab eval --data eval.jsonl --judge openai:llama3.1@http://localhost:11434/v1 -o out/
     tunelab eval --adapter runs/exp/train --baseline            # hellaswag + truthfulqa_mc1, 100 each
@@ -12,47 +13,7 @@ from typing import Any
 
 import typer
 
-from ..errors import TunelabError
 from .common import JsonOption, emit, err_console, handle_errors
-
-
-def load_with_adapter(model_name: str, adapter: Path | None):
-    """The base model and tokenizer, with a PEFT adapter applied and checked (see
-    models/adapters.py); returns (model, tokenizer, adapter report or None)."""
-    from ..models.adapters import load_with_adapter as load
-
-    return load(model_name, adapter)
-
-
-def _judge_backend(spec: str, cache_dir: Path | None, no_cache: bool, concurrency: int, timeout: float,
-                   api_key_env: str):
-    from ..config import JudgeConfig
-    from ..evaluate.judge import judge_backend
-
-    try:
-        cfg = JudgeConfig(spec=spec, cache=not no_cache, cache_dir=cache_dir, concurrency=concurrency,
-                          timeout_s=timeout, api_key_env=api_key_env)
-    except ValueError as exc:  # pydantic's ValidationError: the spec or a bound
-        raise TunelabError(f"--judge: {' '.join(str(exc).split())}") from None
-    return judge_backend(cfg)
-
-
-def _run_judge(res: Any, backend: Any) -> dict[str, Any]:
-    """Judge the generated answers; their scores join the eval's metrics and predictions rows."""
-    from ..evaluate.judge import describe_failures, has_context, judge_predictions
-
-    with_context = any(has_context(r) for r in res.rows)
-    judged = judge_predictions(res.rows, backend, with_context=with_context)
-    dead = {n: m for n, m in judged.metrics.items() if m["n_scored"] == 0}
-    if dead:
-        name, m = next(iter(dead.items()))
-        raise TunelabError(
-            f"the judge {judged.judge} could not score a single row for {', '.join(dead)} "
-            f"({describe_failures(m)}); first failure: {m['first_failure']}"
-        )
-    res.metrics.update(judged.metric_values())
-    judged.apply(res.rows)
-    return judged.to_dict()
 
 
 @handle_errors
@@ -79,72 +40,58 @@ def evaluate(
     as_json: bool = JsonOption,
 ) -> None:
     """Evaluate a model (optionally with an adapter) on a data file and/or benchmarks."""
-    if baseline and adapter is None:
-        raise TunelabError("--baseline compares the tuned model with its base: give --adapter DIR")
-    if data is None and not benchmark and not baseline:
-        raise TunelabError("nothing to evaluate: give --data FILE and/or --benchmark NAMES (or --adapter with --baseline)")
-    if judge and data is None:
-        raise TunelabError("--judge scores generated answers: give --data FILE")
-    judge_backend = None
-    if judge:  # a bad spec fails before a model is loaded
-        judge_backend = _judge_backend(judge, judge_cache, no_judge_cache, judge_concurrency, judge_timeout,
-                                       judge_api_key_env)
-    model_obj, tokenizer, report = load_with_adapter(model, adapter)
-    name = f"{model}+{adapter}" if adapter else model
-    result: dict = {"model": name}
-    renders = []
-    if report is not None:
-        result["adapter"] = report.to_dict()
-        result["warnings"] = list(report.warnings)
-        if not as_json:
-            for w in report.warnings:
-                err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    if data is not None:
-        from ..evaluate import load_eval_records, render_eval, run_eval
-        from ..evaluate.runner import write_results
-        from ..models.generate import GenerationConfig
+    from pydantic import ValidationError
 
-        records = load_eval_records(data)[:limit] if limit else load_eval_records(data)
-        gen = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
-        label_set = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
-        res = run_eval(model_obj, tokenizer, records, [m.strip() for m in metrics.split(",") if m.strip()],
-                       None, gen, model_name=name, data=str(data), label_set=label_set, label_mode=label_mode)
-        if judge_backend is not None:
-            if not as_json:
-                err_console.print(f"judging {res.n} answers with {judge_backend.name} ...")
-            result["judge"] = _run_judge(res, judge_backend)
-        if out is not None:  # written once everything is scored: no partial summary
-            write_results(res, out / "generation")
-            res.out_dir = out / "generation"
-        result["generation"] = res.summary()
-        renders.append(lambda c: render_eval(res, c))
-        if "judge" in result:
-            renders.append(lambda c: _render_judge_notes(result["judge"], c))
-    if baseline:
-        from ..evaluate.baseline import DEFAULT_BENCHMARKS, DEFAULT_LIMIT, render_baseline, run_baseline
+    from ..config import EvalConfig, options_error
+    from ..evaluate.run import run
 
-        names = [b.strip() for b in benchmark.split(",") if b.strip()] if benchmark else list(DEFAULT_BENCHMARKS)
-        if not as_json:
-            err_console.print(f"forgetting check: base and tuned on {', '.join(names)} ...")
-        bl = run_baseline(model_obj, tokenizer, names, limit=limit or DEFAULT_LIMIT, batch_size=max(batch_size, 16),
-                          benchmark_dir=benchmark_dir, out_dir=out / "baseline" if out else None)
-        result["benchmarks"] = bl["tuned"]
-        result["baseline"] = {k: v for k, v in bl.items() if k != "tuned"}
-        renders.append(lambda c: c.print(render_baseline(bl)))
-        renders.append(lambda c: c.print(
-            "[red]forgetting: the tuned model is worse than its base beyond the noise on at least one metric[/]"
-            if bl["forgetting"] else "no metric got worse beyond the combined standard error"))
-    elif benchmark:
-        from ..evaluate.benchmarks.run import render_table, run_benchmarks
+    options = {"data": data, "metrics": _names(metrics), "benchmarks": _names(benchmark), "limit": limit,
+               "max_new_tokens": max_new_tokens, "batch_size": batch_size, "baseline": baseline}
+    if judge:
+        options["judge"] = {"spec": judge, "cache": not no_judge_cache, "cache_dir": judge_cache,
+                            "concurrency": judge_concurrency, "timeout_s": judge_timeout,
+                            "api_key_env": judge_api_key_env}
+    try:
+        settings = EvalConfig.model_validate(options)
+    except ValidationError as exc:
+        raise options_error(exc, "eval", EVAL_FLAGS) from None
+    say = None if as_json else (lambda s: err_console.print(s, highlight=False, markup=False))
+    result = run(model, settings, adapter=adapter, out=out, labels=_names(labels) or None, label_mode=label_mode,
+                 benchmark_dir=benchmark_dir, on_stage=say)
+    emit(result.to_dict(), as_json, lambda c: _render(result, c))
 
-        names = [b.strip() for b in benchmark.split(",") if b.strip()]
-        if not as_json:
-            err_console.print(f"scoring {', '.join(names)} ...")
-        bench = run_benchmarks(model_obj, tokenizer, names, limit=limit, batch_size=max(batch_size, 16),
-                               benchmark_dir=benchmark_dir, out_dir=out / "benchmarks" if out else None)
-        result["benchmarks"] = bench
-        renders.append(lambda c: c.print(render_table(bench)))
-    emit(result, as_json, lambda c: [r(c) for r in renders])
+
+# where each option lands in an experiment file's eval section (for error messages)
+EVAL_FLAGS = {"eval.data": "--data", "eval.metrics": "--metrics", "eval.benchmarks": "--benchmark",
+              "eval.limit": "--limit", "eval.max_new_tokens": "--max-new-tokens", "eval.batch_size": "--batch-size",
+              "eval.judge.spec": "--judge", "eval.judge.cache_dir": "--judge-cache",
+              "eval.judge.concurrency": "--judge-concurrency", "eval.judge.timeout_s": "--judge-timeout",
+              "eval.judge.api_key_env": "--judge-api-key-env"}
+
+
+def _names(text: str | None) -> list[str]:
+    """A comma-separated option as its names."""
+    return [x.strip() for x in text.split(",") if x.strip()] if text else []
+
+
+def _render(result: Any, console: Any) -> None:
+    from ..evaluate.runner import render_eval
+
+    if result.generation is not None:
+        render_eval(result.generation, console)
+        if result.judge is not None:
+            _render_judge_notes(result.judge, console)
+    if result.baseline is not None:
+        from ..evaluate.baseline import render_baseline
+
+        bl = result.baseline
+        console.print(render_baseline(bl))
+        console.print("[red]forgetting: the tuned model is worse than its base beyond the noise on at least one "
+                      "metric[/]" if bl["forgetting"] else "no metric got worse beyond the combined standard error")
+    elif result.benchmarks is not None:
+        from ..evaluate.benchmarks.run import render_table
+
+        console.print(render_table(result.benchmarks))
 
 
 def _render_judge_notes(judged: dict[str, Any], console: Any) -> None:

@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ConfigError
 from .common import JsonOption, emit, err_console, handle_errors, progress
 
 app = typer.Typer(help="Retrieval (RAG): index documents, query the index, score retrieval on an eval set.",
@@ -19,18 +18,15 @@ app = typer.Typer(help="Retrieval (RAG): index documents, query the index, score
 def _rag_config(**fields: Any):
     from pydantic import ValidationError
 
-    from ..config import RagConfig
+    from ..config import RagConfig, options_error
 
     try:
         return RagConfig(**fields)
     except ValidationError as exc:
-        flags = {"chunk_tokens": "--chunk-tokens", "chunk_overlap": "--overlap", "embedding_model": "--embedding-model"}
-        errors = []
-        for e in exc.errors():
-            # the overlap-below-size check is on the whole section, so its error has no field location
-            where = flags.get(str(e["loc"][0]), "options") if e["loc"] else "--overlap"
-            errors.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("options", errors) from None
+        # the overlap-below-size check is on the whole section, so its error is located at `rag`
+        flags = {"rag.chunk_tokens": "--chunk-tokens", "rag.chunk_overlap": "--overlap", "rag": "--overlap",
+                 "rag.embedding_model": "--embedding-model"}
+        raise options_error(exc, "rag", flags) from None
 
 
 @app.command("index")

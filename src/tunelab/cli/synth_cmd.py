@@ -1,17 +1,23 @@
 """`tunelab data synth DOCS --teacher SPEC --out DIR`: training data from documents (tunelab.synth.run).
 
 Options given on the command line override the experiment's `synth` section when --config is given.
+The options' defaults, bounds and most of their help are the schema's (tunelab.config.synth): an unset
+option is None here and the schema's default applies, so the two cannot drift.
 """
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 from rich.table import Table
 
-from ..errors import ConfigError, TunelabError
+from ..config import SynthConfig
+from ..errors import TunelabError
 from .common import JsonOption, emit, err_console, handle_errors, progress
 
 
@@ -26,36 +32,80 @@ def _set(target: dict[str, Any], dotted: str, value: Any) -> None:
     target[last] = value
 
 
+def _field(dotted: str) -> Any:
+    """The synth section's field at a dotted path (pydantic FieldInfo)."""
+    model: Any = SynthConfig
+    for part in dotted.split("."):
+        info = model.model_fields[part]
+        model = next((a for a in (info.annotation, *typing.get_args(info.annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return info
+
+
+def schema_default(dotted: str) -> Any:
+    """The default the schema gives the synth field at `dotted` (PydanticUndefined when it is required)."""
+    return _field(dotted).get_default(call_default_factory=True)
+
+
+# Every option that sets a field of the synth section: parameter -> (flag, field). The options default to
+# None (unset: the experiment file's value, else the schema's default); --help shows the schema's default.
+OPTIONS = {
+    "teacher": ("--teacher", "teacher.spec"), "out": ("--out", "out"), "mode": ("--mode", "mode"),
+    "labels": ("--labels", "labels"), "per_chunk": ("--per-chunk", "per_chunk"), "turns": ("--turns", "turns"),
+    "chunk_tokens": ("--chunk-tokens", "chunk_tokens"), "chunk_overlap": ("--chunk-overlap", "chunk_overlap"),
+    "min_chunk_tokens": ("--min-chunk-tokens", "min_chunk_tokens"), "max_chunks": ("--max-chunks", "max_chunks"),
+    "judge": ("--judge", "judge.spec"), "eval_set": ("--eval-set", "eval_set"),
+    "eval_fraction": ("--eval-fraction", "eval_fraction"), "prompts": ("--prompts", "prompts"),
+    "pool": ("--pool", "filters.pool"), "min_overlap": ("--min-overlap", "filters.min_overlap"),
+    "temperature": ("--temperature", "temperature"), "max_tokens": ("--max-tokens", "max_tokens"),
+    "seed": ("--seed", "seed"), "parse_retries": ("--parse-retries", "parse_retries"),
+    "concurrency": ("--concurrency", "teacher.concurrency"), "timeout": ("--timeout", "teacher.timeout_s"),
+    "max_retries": ("--max-retries", "teacher.max_retries"), "api_key_env": ("--api-key-env", "teacher.api_key_env"),
+    "batch_size": ("--batch-size", "teacher.batch_size"), "threads": ("--threads", "teacher.threads"),
+    "cache_dir": ("--cache-dir", "teacher.cache_dir"), "no_cache": ("--no-cache", "teacher.cache"),
+}
+
+
+def _option(param: str, help: str | None = None, short: str | None = None) -> Any:
+    """The typer option of a synth field: unset by default; the help names the schema's default."""
+    flag, dotted = OPTIONS[param]
+    default = schema_default(dotted)
+    text = help or _field(dotted).description or ""
+    if default not in (None, [], PydanticUndefined):
+        text = f"{text.rstrip('.')} (default: {default})."
+    return typer.Option(None, flag, *([short] if short else []), help=text)
+
+
 @handle_errors
 def synth(
-    docs: Path | None = typer.Argument(None, metavar="DOCS_DIR", help="A directory (read recursively) or file of documents: md, txt, html, pdf, docx."),
-    teacher: str | None = typer.Option(None, "--teacher", "-t", help="openai:MODEL@BASE_URL, openai:MODEL or local:MODEL."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output dataset directory (replaced atomically)."),
-    mode: str | None = typer.Option(None, "--mode", help="qa | instruction | multi_turn | labelled | preference (default qa)."),
-    labels: str | None = typer.Option(None, "--labels", help="Comma-separated label set (mode labelled)."),
-    per_chunk: int | None = typer.Option(None, "--per-chunk", help="Items asked per chunk (default 3)."),
-    turns: int | None = typer.Option(None, "--turns", help="User turns per conversation (multi_turn, default 3)."),
-    chunk_tokens: int | None = typer.Option(None, "--chunk-tokens", help="Chunk size in tokens (default 256)."),
-    chunk_overlap: int | None = typer.Option(None, "--chunk-overlap", help="Overlap between chunks (default 32)."),
-    min_chunk_tokens: int | None = typer.Option(None, "--min-chunk-tokens", help="Skip smaller chunks (default 24)."),
-    max_chunks: int | None = typer.Option(None, "--max-chunks", help="Use at most N chunks, spread over the documents."),
-    judge: str | None = typer.Option(None, "--judge", help="Also check grounding with an LLM judge (a backend spec)."),
-    eval_set: str | None = typer.Option(None, "--eval-set", help="none | held_out | paraphrase (default none)."),
-    eval_fraction: float | None = typer.Option(None, "--eval-fraction", help="Share held out / paraphrased (default 0.1)."),
-    prompts: Path | None = typer.Option(None, "--prompts", help="Directory of prompt files overriding tunelab's."),
-    pool: list[Path] | None = typer.Option(None, "--pool", help="Existing data file(s) not to duplicate (repeatable)."),
-    min_overlap: float | None = typer.Option(None, "--min-overlap", help="Share of a reply's content words that must be in its chunk (default 0.5)."),
-    temperature: float | None = typer.Option(None, "--temperature", help="Teacher sampling temperature (default 0)."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Tokens per teacher reply (default 768)."),
-    seed: int | None = typer.Option(None, "--seed"),
-    parse_retries: int | None = typer.Option(None, "--parse-retries", help="Re-asks after unusable JSON (default 2)."),
-    concurrency: int | None = typer.Option(None, "--concurrency", help="Teacher requests in flight (openai, default 4)."),
-    timeout: float | None = typer.Option(None, "--timeout", help="Seconds per teacher request (openai, default 120)."),
-    max_retries: int | None = typer.Option(None, "--max-retries", help="Retries on timeouts, 429 and 5xx (openai, default 4)."),
-    api_key_env: str | None = typer.Option(None, "--api-key-env", help="Variable holding the API key (default OPENAI_API_KEY)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Conversations generated together (local, default 8)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for generation (local)."),
-    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Teacher call cache (default <tunelab home>/llm_calls)."),
+    docs: Path | None = typer.Argument(None, metavar="DOCS_DIR", help=_field("docs").description),
+    teacher: str | None = _option("teacher", short="-t"),
+    out: Path | None = _option("out", "Output dataset directory (replaced atomically).", short="-o"),
+    mode: str | None = _option("mode", "qa | instruction | multi_turn | labelled | preference."),
+    labels: str | None = _option("labels", "Comma-separated label set (mode labelled)."),
+    per_chunk: int | None = _option("per_chunk"),
+    turns: int | None = _option("turns"),
+    chunk_tokens: int | None = _option("chunk_tokens", "Chunk size in tokens."),
+    chunk_overlap: int | None = _option("chunk_overlap", "Overlap between chunks, in tokens."),
+    min_chunk_tokens: int | None = _option("min_chunk_tokens"),
+    max_chunks: int | None = _option("max_chunks"),
+    judge: str | None = _option("judge", "Also check grounding with an LLM judge (a backend spec)."),
+    eval_set: str | None = _option("eval_set", "none | held_out | paraphrase."),
+    eval_fraction: float | None = _option("eval_fraction"),
+    prompts: Path | None = _option("prompts"),
+    pool: list[Path] | None = _option("pool", "Existing data file(s) not to duplicate (repeatable)."),
+    min_overlap: float | None = _option("min_overlap"),
+    temperature: float | None = _option("temperature", "Teacher sampling temperature."),
+    max_tokens: int | None = _option("max_tokens"),
+    seed: int | None = _option("seed", "Seed of the teacher's sampling and of the eval set's selection."),
+    parse_retries: int | None = _option("parse_retries"),
+    concurrency: int | None = _option("concurrency", "Teacher requests in flight at once (openai)."),
+    timeout: float | None = _option("timeout", "Seconds per teacher request (openai)."),
+    max_retries: int | None = _option("max_retries"),
+    api_key_env: str | None = _option("api_key_env"),
+    batch_size: int | None = _option("batch_size"),
+    threads: int | None = _option("threads"),
+    cache_dir: Path | None = _option("cache_dir", "Teacher call cache (default <tunelab home>/llm_calls)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the teacher call cache."),
     config: Path | None = typer.Option(None, "--config", "-c", help="An experiment file whose synth section to run."),
     overrides: list[str] | None = typer.Option(None, "--set", help="Override a config value, e.g. synth.max_chunks=10."),
@@ -64,21 +114,13 @@ def synth(
     """Generate a training dataset from documents with a teacher LLM, filtered for grounding."""
     from pydantic import ValidationError
 
-    from ..config import SynthConfig, load_config
+    from ..config import load_config, options_error
     from ..synth.run import from_experiment, run
 
-    given: dict[str, Any] = {
-        "docs": docs, "out": out, "mode": mode, "per_chunk": per_chunk, "turns": turns,
-        "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "min_chunk_tokens": min_chunk_tokens,
-        "max_chunks": max_chunks, "judge.spec": judge, "eval_set": eval_set, "eval_fraction": eval_fraction,
-        "prompts": prompts, "filters.pool": pool or None, "filters.min_overlap": min_overlap,
-        "temperature": temperature, "max_tokens": max_tokens, "seed": seed, "parse_retries": parse_retries,
-        "teacher.spec": teacher, "teacher.concurrency": concurrency, "teacher.timeout_s": timeout,
-        "teacher.max_retries": max_retries, "teacher.api_key_env": api_key_env, "teacher.batch_size": batch_size,
-        "teacher.threads": threads,
-        "teacher.cache_dir": cache_dir, "teacher.cache": False if no_cache else None,
-        "labels": [x.strip() for x in labels.split(",")] if labels is not None else None,
-    }
+    values = {"docs": docs, **{p: v for p, v in locals().items() if p in OPTIONS}}
+    values.update(labels=[x.strip() for x in labels.split(",")] if labels is not None else None,
+                  pool=pool or None, no_cache=False if no_cache else None)  # --no-cache sets teacher.cache false
+    given = {OPTIONS[p][1] if p in OPTIONS else p: v for p, v in values.items()}
     experiment = None
     if config is not None:
         experiment = load_config(config, list(overrides or []))
@@ -96,8 +138,8 @@ def synth(
     try:
         cfg = SynthConfig.model_validate(base)
     except ValidationError as exc:
-        raise ConfigError("options", [f"{'.'.join(map(str, e['loc'])) or '(options)'}: "
-                                      f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]) from None
+        raise options_error(exc, "synth", {"synth.docs": "DOCS_DIR", **{f"synth.{field}": flag
+                                                                        for flag, field in OPTIONS.values()}}) from None
 
     def execute():
         if as_json:

@@ -134,14 +134,15 @@ def judge_for(config: ExperimentConfig) -> Callable[[list[dict[str, Any]], Varia
     cfg = config.eval.judge
     if cfg is None:
         return None
-    from ..evaluate.judge import judge_backend, judge_predictions
+    from ..evaluate.judge import judge_backend
+    from ..evaluate.run import judge_rows
 
     backend = judge_backend(cfg)
 
     def judge(rows: list[dict[str, Any]], variant: Variant) -> dict[str, Any]:
-        result = judge_predictions(rows, backend, with_context=variant.rag, retries=cfg.parse_retries)
-        result.apply(rows)
-        return result.to_dict()
+        # the same scoring as `tunelab eval --judge`: failures counted, a judge that scores nothing an error
+        return judge_rows(rows, backend, with_context=variant.rag, retries=cfg.parse_retries,
+                          what=f"variant {variant.label}").to_dict()
 
     return judge
 

@@ -1,0 +1,75 @@
+"""Config sections of evaluating and comparing: eval (with its LLM judge), rag and compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .backend import BackendConfig
+from .base import Section
+
+
+# ------------------------------------------------------------------------------------------------ eval
+class JudgeConfig(BackendConfig):
+    """The LLM judge (tunelab.evaluate.judge): which backend, how to call it, where its calls are cached."""
+
+    parse_retries: int = Field(2, ge=0, description="Re-asks after a reply that is not the JSON asked for.")
+
+
+class EvalConfig(Section):
+    data: Path | None = Field(None, description="Eval set; default: data.eval.")
+    metrics: list[str] = Field(default_factory=lambda: ["rougeL", "bleu", "token_f1"])
+    benchmarks: list[str] = Field(default_factory=list, description="lm-eval names, e.g. truthfulqa_mc1.")
+    limit: int | None = Field(None, gt=0)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)
+    judge: JudgeConfig | None = Field(None, description="Score answers with an LLM judge as well.")
+    baseline: bool = Field(False, description="With an adapter: also score the base model on the benchmarks "
+                           "(default hellaswag + truthfulqa_mc1, 100 items each) and report the change.")
+
+
+# ------------------------------------------------------------------------------------------------- rag
+class RagConfig(Section):
+    docs: Path | None = Field(None, description="Directory of documents to retrieve from.")
+    top_k: int = Field(3, gt=0)
+    chunk_tokens: int = Field(256, gt=0)
+    chunk_overlap: int = Field(32, ge=0)
+    embedding_model: str = "all-minilm-l6-v2"
+    context_tokens: int = Field(600, gt=0, description="Prompt budget for retrieved chunks, in the generating "
+                                "model's tokens; a chunk that does not fit whole is left out.")
+    prompt_template: Path | None = Field(None, description="A RAG prompt template file; default: tunelab's "
+                                         "versioned one (placeholders {context} and {question}).")
+    index_dir: Path | None = Field(None, description="Where the index lives; default: <run_dir>/rag-index.")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RagConfig:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- compare
+class VariantConfig(Section):
+    name: str = Field(..., min_length=1, description="Label of this variant in the table and report.")
+    model: str = Field(..., description="Base model the adapter belongs to (or the tuned model itself).")
+    adapter: Path | None = Field(None, description="A PEFT adapter or full-model directory; None = the base model.")
+
+
+class CompareConfig(Section):
+    models: list[str] = Field(
+        default_factory=list,
+        description="Base models to compare; each is trained with the method above. Default: [model.name].",
+    )
+    train: bool = Field(True, description="Train a tuned variant of every model (false: compare bases and extras only).")
+    rag: Literal["auto", "on", "off"] = Field(
+        "auto", description="Add the with-retrieval variant of each; auto = on when rag.docs is set.",
+    )
+    extra: list[VariantConfig] = Field(default_factory=list, description="Other adapters or models to include.")
+
+    @field_validator("rag", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML reads a bare on/off/yes/no as a boolean
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value

@@ -1,0 +1,211 @@
+"""Config sections of preparing data and training: model, data, method, train, mixture and stages."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import Section
+
+
+# --------------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    name: str = Field("smollm2-135m-instruct", description="Bundled name, Hugging Face id, local dir or .gguf file.")
+    chat_template: str | None = Field(
+        None, description="Override the chat template: a path to a Jinja file. Default: the model's own, or "
+        "tunelab's declared default for base models without one."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto picks bf16 only where it pays (avx512_bf16/AMX CPU, or GPU)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+# ---------------------------------------------------------------------------------------------- data
+class CleanConfig(Section):
+    normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form.")
+    strip_html: bool = False
+    min_chars: int = Field(1, ge=0, description="Drop records whose texts total fewer characters.")
+    max_chars: int | None = Field(None, gt=0, description="Drop records whose texts total more characters.")
+
+
+class SplitConfig(Section):
+    train: float = Field(0.9, ge=0, le=1)
+    validation: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.0, ge=0, le=1)
+    stratify: bool | None = Field(None, description="Keep label proportions; default: on for labelled data.")
+    group_by: str | None = Field(None, description="A record field (e.g. source) whose groups stay in one split.")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must sum to 1, got {total:g}")
+        return self
+
+    def ratios(self) -> dict[str, float]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
+# The record fields a data.fields mapping may name: every field of the formats in tunelab.data.formats
+# (tests/data/test_fieldmap.py keeps the two equal).
+DATA_FIELDS = (
+    "instruction", "input", "output", "system", "messages", "conversations", "prompt", "completion",
+    "text", "label", "chosen", "rejected", "question", "answer", "context",
+)
+
+
+def field_map_errors(fields: dict[str, str]) -> list[str]:
+    """What is wrong with a field mapping {format field: source field}, one message per key."""
+    errors = []
+    for key, source in fields.items():
+        if key not in DATA_FIELDS:
+            close = difflib.get_close_matches(key, DATA_FIELDS, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"fields a mapping can name: {', '.join(DATA_FIELDS)}"
+            errors.append(f"unknown field '{key}' (in {key}: {source}); {hint}")
+        elif not source.strip():
+            errors.append(f"'{key}' is mapped to an empty field name")
+    sources = list(fields.values())
+    for source in sorted({s for s in sources if sources.count(s) > 1}):
+        keys = ", ".join(k for k, s in fields.items() if s == source)
+        errors.append(f"'{source}' is mapped to more than one field ({keys})")
+    return errors
+
+
+class DataConfig(Section):
+    train: list[Path] = Field(default_factory=list, description="Training inputs (JSONL, JSON, CSV, Parquet, HF dir, "
+                              "or a directory `tunelab data synth` wrote).")
+    eval: Path | None = Field(None, description="A held-out evaluation file, checked for leaks against train.")
+    format: Literal[
+        "auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text", "label", "preference", "qna"
+    ] = "auto"
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Read other field names as a format's: {prompt: q, completion: a} "
+        "takes q as the prompt and a as the completion of every row."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    seed: int = 42
+    dedup: Literal["none", "exact", "near"] = Field("near", description="near = exact + MinHash near-duplicates.")
+    near_threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard at which two records are near-duplicates.")
+    pii: Literal["off", "mask"] = Field("mask", description="mask = replace PII with typed placeholders.")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    max_length: int = Field(1024, gt=0, description="Tokens per rendered example (longer ones are truncated).")
+    skip_invalid: bool = Field(False, description="Skip bad records (counted by reason) instead of stopping.")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Path) else value
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        errors = field_map_errors(value)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return value
+
+
+# -------------------------------------------------------------------------------------------- method
+class MethodConfig(Section):
+    name: Literal["full", "lora", "dora", "qlora", "ia3", "prompt", "prefix"] = "lora"
+    r: int = Field(16, gt=0, description="LoRA/DoRA/QLoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt; all-linear resolves per architecture."
+    )
+    num_virtual_tokens: int = Field(20, gt=0, description="Prompt and prefix tuning length.")
+    embedding_lr: float | None = Field(None, gt=0, description="Separate learning rate for embeddings (full).")
+
+
+# --------------------------------------------------------------------------------------------- train
+class TrainConfig(Section):
+    objective: Literal["sft", "causal"] = Field("sft", description="sft: loss on completions; causal: all tokens.")
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    packing: bool = Field(True, description="Pack examples into full sequences, no attention across examples.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = Field(False, description="torch.compile the model (slow first step, faster after).")
+    eval_every: int | None = Field(None, gt=0, description="Validation loss every N steps (default: each epoch).")
+    save_every: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: each epoch).")
+    keep_last: int = Field(2, gt=0, description="Checkpoints kept.")
+    early_stopping_patience: int | None = Field(None, gt=0)
+    seed: int = 42
+    eval_generate_every: int | None = Field(
+        None, gt=0, description="Every N steps, generate answers for the first validation examples and log "
+        "their ROUGE-L (off by default: generation is slow next to a loss evaluation)."
+    )
+    eval_generate_n: int = Field(16, gt=0, description="Validation examples answered by eval_generate_every.")
+    eval_generate_max_new_tokens: int = Field(64, gt=0, description="Answer length cap for eval_generate_every.")
+
+
+# ------------------------------------------------------------------------------------- mixture/stages
+class TaskConfig(Section):
+    """One task of a multi-task mixture: its data (prepared on its own, with its own validation split)
+    and its sampling weight (train.mixture.py says how weights become the epoch's examples)."""
+
+    task: str = Field(..., min_length=1, description="Task name; validation loss is logged as val_loss/<task>.")
+    data: list[Path] = Field(..., min_length=1, description="The task's input file(s), any data format.")
+    weight: float = Field(1.0, gt=0, description="Sampling weight; the task's share of an epoch is "
+                          "weight / sum of weights.")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Path) else value
+
+
+def _check_mixture(tasks: list[TaskConfig]) -> None:
+    names = [t.task for t in tasks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"task names must be unique, {', '.join(repeated)} repeated")
+
+
+class StageConfig(Section):
+    """One stage of sequential fine-tuning. data, method and train inherit every key the stage does not
+    set from the experiment's top-level sections (merged before validation); the stage starts from the
+    previous stage's weights (train.stages says how)."""
+
+    name: str | None = Field(None, description="Stage name (its directory is stages/<index>-<name>); "
+                             "default: the objective.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mixture: list[TaskConfig] = Field(default_factory=list, description="A mixture for this stage only "
+                                      "(not inherited).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and (set(value) & set('/\\:*?"<>|') or value.startswith(".") or not value):
+            raise ValueError("must be usable as a directory name")
+        return value
+
+    @model_validator(mode="after")
+    def _data_or_mixture(self) -> StageConfig:
+        _check_mixture(self.mixture)
+        if self.mixture and self.data.train:
+            raise ValueError("a stage takes data.train or a mixture, not both")
+        return self
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
