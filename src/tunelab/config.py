@@ -227,6 +227,19 @@ class EvalConfig(Section):
     judge: JudgeConfig | None = Field(None, description="Score answers with an LLM judge as well.")
     baseline: bool = Field(False, description="With an adapter: also score the base model on the benchmarks "
                            "(default hellaswag + truthfulqa_mc1, 100 items each) and report the change.")
+    benchmark_paths: dict[str, Path] = Field(default_factory=dict, description="A data file per benchmark name, "
+                                             "e.g. {hellaswag: data/hellaswag_val.jsonl}; default: found in "
+                                             "$TUNELAB_BENCHMARK_DIR, tunelab's cache or the Hugging Face hub.")
+
+    @field_validator("benchmark_paths")
+    @classmethod
+    def _known_benchmarks(cls, value: dict[str, Path]) -> dict[str, Path]:
+        from .evaluate.benchmarks.registry import REGISTRY
+
+        unknown = sorted(set(value) - set(REGISTRY))
+        if unknown:
+            raise ValueError(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
+        return value
 
 
 # ------------------------------------------------------------------------------------------------- rag
@@ -626,6 +639,7 @@ def _resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
     config.data.train = [fix(p) for p in config.data.train]
     config.data.eval = fix(config.data.eval)
     config.eval.data = fix(config.eval.data)
+    config.eval.benchmark_paths = {name: fix(p) for name, p in config.eval.benchmark_paths.items()}
     config.rag.docs = fix(config.rag.docs)
     config.rag.index_dir = fix(config.rag.index_dir)
     config.rag.prompt_template = fix(config.rag.prompt_template)

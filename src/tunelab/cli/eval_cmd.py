@@ -55,6 +55,21 @@ def _run_judge(res: Any, backend: Any) -> dict[str, Any]:
     return judged.to_dict()
 
 
+def _benchmark_paths(values: list[str]) -> dict[str, Path]:
+    """--benchmark-path NAME=FILE options as {name: file}; an unknown NAME fails before a model is loaded."""
+    from ..evaluate.benchmarks.registry import get_benchmark
+
+    paths: dict[str, Path] = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep or not name.strip() or not file.strip():
+            raise TunelabError(f"--benchmark-path {value!r}: expected NAME=FILE, e.g. hellaswag=hellaswag_val.jsonl")
+        if name.strip() in paths:
+            raise TunelabError(f"--benchmark-path: {name.strip()} is given twice")
+        paths[get_benchmark(name.strip()).name] = Path(file.strip()).expanduser()
+    return paths
+
+
 @handle_errors
 def evaluate(
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Base model: bundled name, dir, .gguf or HF id."),
@@ -62,7 +77,8 @@ def evaluate(
     data: Path | None = typer.Option(None, "--data", help="Eval file (chat/alpaca/prompt-completion/label) or prepared split."),
     metrics: str = typer.Option("rougeL,bleu,token_f1", "--metrics", help="Comma-separated metric names."),
     benchmark: str | None = typer.Option(None, "--benchmark", help="Comma-separated: truthfulqa_mc1, truthfulqa_mc2, hellaswag, arc_easy, arc_challenge."),
-    benchmark_dir: Path | None = typer.Option(None, "--benchmark-dir", help="Where benchmark files are (default: ../shared/benchmarks)."),
+    benchmark_dir: Path | None = typer.Option(None, "--benchmark-dir", help="A directory holding the benchmark files (default: $TUNELAB_BENCHMARK_DIR, then <tunelab home>/benchmarks, then the Hugging Face hub)."),
+    benchmark_path: list[str] | None = typer.Option(None, "--benchmark-path", help="NAME=FILE: the data file of one benchmark (repeatable), e.g. hellaswag=data/hellaswag_val.jsonl."),
     limit: int | None = typer.Option(None, "--limit", help="First N rows of each benchmark / of the data (--baseline default: 100)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     batch_size: int = typer.Option(16, "--batch-size"),
@@ -85,6 +101,7 @@ def evaluate(
         raise TunelabError("nothing to evaluate: give --data FILE and/or --benchmark NAMES (or --adapter with --baseline)")
     if judge and data is None:
         raise TunelabError("--judge scores generated answers: give --data FILE")
+    paths = _benchmark_paths(benchmark_path or [])
     judge_backend = None
     if judge:  # a bad spec fails before a model is loaded
         judge_backend = _judge_backend(judge, judge_cache, no_judge_cache, judge_concurrency, judge_timeout,
@@ -126,13 +143,13 @@ def evaluate(
         if not as_json:
             err_console.print(f"forgetting check: base and tuned on {', '.join(names)} ...")
         bl = run_baseline(model_obj, tokenizer, names, limit=limit or DEFAULT_LIMIT, batch_size=max(batch_size, 16),
-                          benchmark_dir=benchmark_dir, out_dir=out / "baseline" if out else None)
+                          benchmark_dir=benchmark_dir, paths=paths, out_dir=out / "baseline" if out else None)
         result["benchmarks"] = bl["tuned"]
         result["baseline"] = {k: v for k, v in bl.items() if k != "tuned"}
         renders.append(lambda c: c.print(render_baseline(bl)))
         renders.append(lambda c: c.print(
             "[red]forgetting: the tuned model is worse than its base beyond the noise on at least one metric[/]"
-            if bl["forgetting"] else "no metric got worse beyond the combined standard error"))
+            if bl["forgetting"] else "no metric got worse beyond its 95% interval"))
     elif benchmark:
         from ..evaluate.benchmarks.run import render_table, run_benchmarks
 
@@ -140,7 +157,7 @@ def evaluate(
         if not as_json:
             err_console.print(f"scoring {', '.join(names)} ...")
         bench = run_benchmarks(model_obj, tokenizer, names, limit=limit, batch_size=max(batch_size, 16),
-                               benchmark_dir=benchmark_dir, out_dir=out / "benchmarks" if out else None)
+                               benchmark_dir=benchmark_dir, paths=paths, out_dir=out / "benchmarks" if out else None)
         result["benchmarks"] = bench
         renders.append(lambda c: c.print(render_table(bench)))
     emit(result, as_json, lambda c: [r(c) for r in renders])
