@@ -2,8 +2,9 @@
 
 Scores SmolLM2-135M-Instruct (the bundled GGUF, converted once to a plain fp32 safetensors directory
 that both tools load) on the first 100 TruthfulQA MC1 items and the first 200 HellaSwag items of
-../shared/benchmarks, with lm-eval 0.4.13's hf backend and with tunelab, and prints both scores (they
-must agree to within rounding), both wall times and the speed ratio (target: tunelab >= 3x faster).
+--benchmark-dir (default $TUNELAB_BENCHMARK_DIR; truthfulqa_mc.jsonl and hellaswag_val.jsonl, the files
+`tunelab eval --benchmark` asks for), with lm-eval 0.4.13's hf backend and with tunelab, and prints both
+scores (they must agree to within rounding), both wall times and the speed ratio (target: tunelab >= 3x faster).
 
 lm-eval keeps its own task definitions (prompt, doc_to_text, choices, metrics): a generated task YAML
 `include`s lm-eval's truthfulqa_mc1.yaml / hellaswag.yaml and only points the dataset at the local
@@ -36,7 +37,6 @@ from pathlib import Path  # noqa: E402
 
 LM_EVAL_VERSION = "0.4.13"
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT / ".." / "shared" / "benchmarks"
 MODEL = "smollm2-135m-instruct"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -223,11 +223,13 @@ def main() -> None:
     parser.add_argument("--tqa", type=int, default=100, help="first N TruthfulQA MC1 items")
     parser.add_argument("--hellaswag", type=int, default=200, help="first N HellaSwag items")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--benchmark-dir", type=Path, default=SHARED)
+    parser.add_argument("--benchmark-dir", type=Path, default=os.environ.get("TUNELAB_BENCHMARK_DIR"),
+                        required="TUNELAB_BENCHMARK_DIR" not in os.environ,
+                        help="holds truthfulqa_mc.jsonl and hellaswag_val.jsonl (default: $TUNELAB_BENCHMARK_DIR)")
     parser.add_argument("--threads", type=int, help="torch threads for both tools (default: torch's own)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
-    shared = args.benchmark_dir.resolve()
+    shared = Path(args.benchmark_dir).resolve()
     tqa_file, hs_file = shared / "truthfulqa_mc.jsonl", shared / "hellaswag_val.jsonl"
     if not (tqa_file.is_file() and hs_file.is_file()):
         sys.exit(f"benchmark files not found in {shared}")

@@ -15,7 +15,7 @@ training and validation loss of each (each trained model scored by one token-lev
 128 training records and on the validation split; the mean logged loss of the last steps is printed too,
 but it depends on which batches each framework happened to draw last), peak RSS, and tunelab's model
 FLOPs utilisation: tokens/s x (4N + 12 x layers x d_attn x mean length) against this machine's measured
-fp32 matmul peak (this CPU has no bf16 hardware; REFERENCE.md's bf16 960 GFLOP/s does not apply).
+fp32 matmul peak (this CPU has no bf16 hardware, so a bf16 peak does not apply).
 
     .venv/bin/python bench/train_throughput.py                # 1 epoch, both frameworks
     .venv/bin/python bench/train_throughput.py --max-steps 10 --extras

@@ -96,3 +96,16 @@ def test_resolved_config_round_trips_and_fingerprint_is_stable(tmp_path):
 def test_name_must_be_a_directory_name(tmp_path):
     with pytest.raises(ConfigError, match="must be usable as a directory name"):
         load_config(write(tmp_path, "name: a/b\n"))
+
+
+def test_benchmark_paths_resolve_relative_to_the_config_file_and_name_known_benchmarks(tmp_path):
+    sub = tmp_path / "exp"
+    sub.mkdir()
+    cfg = load_config(write(sub, "name: demo\neval: {baseline: true, benchmark_paths: {hellaswag: data/h.jsonl}}\n"))
+    assert cfg.eval.benchmark_paths == {"hellaswag": (sub / "data" / "h.jsonl").resolve()}
+    from tunelab.errors import TunelabError
+    from tunelab.pipeline import check_benchmark_paths
+
+    bad = load_config(write(sub, "name: demo\neval: {benchmark_paths: {mmlu: m.jsonl}}\n"))
+    with pytest.raises(TunelabError, match=r"eval\.benchmark_paths: unknown benchmark mmlu; choose from truthfulqa_mc1"):
+        check_benchmark_paths(bad)  # the main job's first step, before any data or model is touched

@@ -132,6 +132,16 @@ def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = Fals
     return result
 
 
+def check_benchmark_paths(config: ExperimentConfig) -> None:
+    """eval.benchmark_paths names registered benchmarks (the config layer cannot see the registry)."""
+    from .evaluate.benchmarks.registry import REGISTRY
+
+    unknown = sorted(set(config.eval.benchmark_paths) - set(REGISTRY))
+    if unknown:
+        raise TunelabError(f"{config.name}: eval.benchmark_paths: unknown benchmark "
+                           f"{', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
+
+
 def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = None, progress: bool = True,
         tracker: Any = None, train: bool = True) -> PipelineResult:
     """Run the whole experiment in `config`; see the module docstring for what is reused.
@@ -142,6 +152,7 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
     from .track import Tracker
     from .train.run import prepare_dataset
 
+    check_benchmark_paths(config)  # before any work: a misspelt name is a config error, not a late failure
     stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
     run_dir = Path(config.run_dir)

@@ -17,10 +17,22 @@ def test_paired_contrast_uses_per_question_differences(make_result):
     d = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.15])
     assert c.better == tuned.variant.label and c.worse == base.variant.label
     assert c.delta == pytest.approx(d.mean())
-    half = 1.959964 * d.std(ddof=1) / math.sqrt(len(d))
+    # 6 questions: Student's t 0.975 quantile for 5 degrees of freedom (a printed table), not 1.96
+    half = 2.570582 * d.std(ddof=1) / math.sqrt(len(d))
     assert c.low == pytest.approx(d.mean() - half) and c.high == pytest.approx(d.mean() + half)
+    assert "t, n-1 degrees of freedom" in c.method
     # the unpaired intervals overlap a lot, but the paired difference is clearly positive
     assert c.beyond_uncertainty
+
+
+def test_small_n_paired_difference_is_judged_with_t(make_result):
+    # d = 0.1, 0.1, 0.1, 0.1, -0.05 (n=5): mean 0.07, se 0.03; 1.96 se = 0.0588 would call this beyond the
+    # uncertainty, t(0.975, 4) se = 2.776 x 0.03 = 0.0833 does not
+    base = make_result("base", False, [0.1, 0.2, 0.3, 0.4, 0.5])
+    tuned = make_result("tuned", False, [0.2, 0.3, 0.4, 0.5, 0.45])
+    c = contrast(tuned, base, "rougeL", "fine-tuning")
+    assert c.delta == pytest.approx(0.07) and c.low == pytest.approx(0.07 - 2.776445 * 0.03)
+    assert not c.beyond_uncertainty
 
 
 def test_contrast_orders_by_direction_and_flags_noise(make_result):

@@ -16,7 +16,10 @@ from tunelab.evaluate.baseline import compare, render_baseline, run_baseline
 from tunelab.evaluate.benchmarks.run import run_benchmarks
 
 FILES = Path(__file__).parent / "files"
+SLICES = Path(__file__).parent / "benchmark_slices"  # 20 real rows of TruthfulQA and HellaSwag (README there)
 NAMES = ["hellaswag", "truthfulqa_mc1", "truthfulqa_mc2"]
+# Student's t, two-sided 95% (0.975 quantile), from a printed table: degrees of freedom -> quantile
+T975 = {2: 4.302653, 5: 2.570582, 99: 1.984217}
 
 
 @pytest.fixture(autouse=True)
@@ -72,9 +75,12 @@ def test_base_side_equals_the_plain_base_model_and_report_shape(tiny_model_dir, 
         assert c["stderr_combined"] == pytest.approx((c["stderr_base"] ** 2 + c["stderr_tuned"] ** 2) ** 0.5)
         assert c["stderr_paired"] is not None and c["n"] == 3
         assert c["verdict"] in ("better", "worse", "within noise")
-        assert c["exceeds_stderr"] == (abs(c["change"]) > c["stderr_combined"])
+        half = T975[2] * c["stderr_paired"]  # paired over the 3 items: t with 2 degrees of freedom
+        assert c["interval"] == "paired" and c["level"] == 0.95
+        assert (c["ci_low"], c["ci_high"]) == pytest.approx((c["change"] - half, c["change"] + half))
+        assert c["beyond_uncertainty"] == (c["ci_low"] > 0 or c["ci_high"] < 0)
     assert res["forgetting"] == any(c["verdict"] == "worse" for c in res["changes"])
-    assert res["limit"] == 3 and "combined standard error" in res["rule"]
+    assert res["limit"] == 3 and "95% interval" in res["rule"]
 
     saved = json.loads((tmp_path / "out" / "baseline.json").read_text())
     assert saved["changes"] == json.loads(json.dumps(res["changes"]))
@@ -95,21 +101,47 @@ def _bench(name: str, metrics: dict[str, float], n: int = 100) -> dict:
     return {"benchmarks": {name: {"n": n, "metrics": metrics}}}
 
 
-def test_compare_verdicts_and_paired_error():
+def test_compare_unpaired_interval_is_95_percent_with_t():
+    """Two summaries only: change +- t(0.975, n-1) x the combined standard error."""
     base = _bench("hellaswag", {"acc": 0.50, "acc_stderr": 0.05, "acc_norm": 0.40, "acc_norm_stderr": 0.03})
     tuned = _bench("hellaswag", {"acc": 0.30, "acc_stderr": 0.04, "acc_norm": 0.44, "acc_norm_stderr": 0.04})
     acc, norm = compare(base, tuned)
     assert acc["change"] == pytest.approx(-0.2) and acc["stderr_combined"] == pytest.approx(0.0640312, rel=1e-5)
-    assert acc["verdict"] == "worse" and acc["exceeds_stderr"] is True and acc["stderr_paired"] is None
-    assert norm["verdict"] == "within noise" and norm["exceeds_stderr"] is False  # +0.04 < 0.05
+    half = T975[99] * 0.0640312
+    assert (acc["ci_low"], acc["ci_high"]) == pytest.approx((-0.2 - half, -0.2 + half), rel=1e-5)
+    assert acc["verdict"] == "worse" and acc["interval"] == "unpaired" and acc["stderr_paired"] is None
+    assert norm["verdict"] == "within noise" and norm["beyond_uncertainty"] is False
     better = compare(base, _bench("hellaswag", {"acc": 0.7, "acc_stderr": 0.05, "acc_norm": 0.4, "acc_norm_stderr": 0.03}))
     assert better[0]["verdict"] == "better"
-    items_b = {"hellaswag": [{"acc": 1.0, "acc_norm": 0.0}, {"acc": 0.0, "acc_norm": 1.0}, {"acc": 1.0, "acc_norm": 1.0}]}
-    items_t = {"hellaswag": [{"acc": 0.0, "acc_norm": 0.0}, {"acc": 0.0, "acc_norm": 1.0}, {"acc": 1.0, "acc_norm": 1.0}]}
-    acc, norm = compare(base, tuned, items_b, items_t)
-    assert acc["stderr_paired"] == pytest.approx(1 / 3) and norm["stderr_paired"] == 0.0
+    # a drop of 0.08 exceeds one combined standard error (0.064) but not the 95% interval (+-0.127)
+    small = compare(base, _bench("hellaswag", {"acc": 0.42, "acc_stderr": 0.04, "acc_norm": 0.4, "acc_norm_stderr": 0.03}))
+    assert small[0]["verdict"] == "within noise"
     single = compare(_bench("x", {"acc": 1.0, "acc_stderr": None}, 1), _bench("x", {"acc": 0.0, "acc_stderr": None}, 1))
-    assert single[0]["verdict"] == "no stderr (n < 2)" and single[0]["exceeds_stderr"] is None
+    assert single[0]["verdict"] == "no stderr (n < 2)" and single[0]["beyond_uncertainty"] is None
+
+
+def _summary(items: list[dict[str, float]]) -> dict:
+    acc = [i["acc"] for i in items]
+    mean = sum(acc) / len(acc)
+    stderr = (sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) ** 0.5 / len(acc) ** 0.5
+    return _bench("hellaswag", {"acc": mean, "acc_stderr": stderr}, len(items))
+
+
+@pytest.mark.parametrize(("tuned_acc", "verdict"), [
+    ([0, 0, 0, 1, 1, 1], "within noise"),  # d = -1,-1,-1,0,0,0: 1.96 would call this "worse"
+    ([0, 0, 0, 0, 0, 1], "worse"),
+])
+def test_paired_interval_for_small_n_uses_the_t_quantile(tuned_acc, verdict):
+    base_items = [{"acc": 1.0}] * 6
+    tuned_items = [{"acc": float(a)} for a in tuned_acc]
+    (row,) = compare(_summary(base_items), _summary(tuned_items), {"hellaswag": base_items}, {"hellaswag": tuned_items})
+    d = [t - 1.0 for t in tuned_acc]
+    mean = sum(d) / 6
+    se = (sum((x - mean) ** 2 for x in d) / 5) ** 0.5 / 6**0.5  # by hand: sample sd / sqrt(n)
+    assert row["change"] == pytest.approx(mean) and row["stderr_paired"] == pytest.approx(se)
+    assert row["interval"] == "paired" and row["level"] == 0.95
+    assert row["ci_low"] == pytest.approx(mean - T975[5] * se) and row["ci_high"] == pytest.approx(mean + T975[5] * se)
+    assert row["verdict"] == verdict
 
 
 def test_baseline_needs_an_adapter(tiny_model_dir, tiny_tokenizer):
@@ -133,21 +165,16 @@ def test_eval_cli_baseline(tiny_model_dir, tmp_path):
 
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "Forgetting check" in res.output and "combined" in res.output
+    assert "Forgetting check" in res.output and "95% interval" in res.output
 
     res = runner.invoke(app, ["eval", "--model", str(tiny_model_dir), "--baseline"])
     assert res.exit_code == 2 and "--baseline compares the tuned model with its base: give --adapter" in res.output
-
-
-SHARED = Path(__file__).parents[3] / "shared" / "benchmarks"
 
 
 @pytest.mark.slow
 def test_smollm2_adapter_forgetting_check(tmp_path):
     """The real bundled model with a perturbed LoRA on q/v: the adapter check passes, the base side of the
     check equals the plain model, and the report covers both default benchmarks."""
-    if not (SHARED / "hellaswag_val.jsonl").is_file():
-        pytest.skip("../shared/benchmarks is missing")
     from peft import LoraConfig, get_peft_model
 
     from tunelab.evaluate.baseline import DEFAULT_BENCHMARKS
@@ -155,7 +182,7 @@ def test_smollm2_adapter_forgetting_check(tmp_path):
     from tunelab.models.adapters import load_with_adapter
 
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
-    plain = run_benchmarks(model, tok, list(DEFAULT_BENCHMARKS), limit=6, batch_size=16, benchmark_dir=SHARED)
+    plain = run_benchmarks(model, tok, list(DEFAULT_BENCHMARKS), limit=6, batch_size=16, benchmark_dir=SLICES)
     torch.manual_seed(0)
     peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     with torch.no_grad():
@@ -166,7 +193,7 @@ def test_smollm2_adapter_forgetting_check(tmp_path):
 
     tuned, tok, report = load_with_adapter("smollm2-135m-instruct", tmp_path / "adapter")
     assert report.changes_outputs and report.warnings == []
-    res = run_baseline(tuned, tok, limit=6, batch_size=16, benchmark_dir=SHARED)
+    res = run_baseline(tuned, tok, limit=6, batch_size=16, benchmark_dir=SLICES)
     assert [c["benchmark"] for c in res["changes"]] == ["hellaswag", "hellaswag", "truthfulqa_mc1"]
     for name in DEFAULT_BENCHMARKS:
         for metric, value in plain["benchmarks"][name]["metrics"].items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,10 @@ from tunelab.evaluate.benchmarks.hellaswag import preprocess
 from tunelab.evaluate.loglik import loglikelihood
 
 FILES = Path(__file__).parent / "files"
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "benchmarks"
+SLICES = Path(__file__).parent / "benchmark_slices"  # 20 real rows of TruthfulQA and HellaSwag (README there)
 
-# Written out again from REFERENCE.md (not imported), so a typo in the module cannot pass unseen.
+# lm-eval's fixed TruthfulQA primer, written out again here (not imported), so a typo in the module
+# cannot pass unseen.
 PRIMER_LINES = [
     (
         "What is human life expectancy in the United States?",
@@ -218,10 +220,19 @@ def test_limit_takes_the_first_rows(tmp_path):
         load_items(bench, path, limit=2)
 
 
+def _no_default_sources(monkeypatch, tmp_path) -> Path:
+    """No $TUNELAB_BENCHMARK_DIR, an empty tunelab home, the hub offline; returns the download cache."""
+    monkeypatch.delenv("TUNELAB_BENCHMARK_DIR", raising=False)
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    return tmp_path / "home" / "benchmarks"
+
+
 def test_data_file_lookup_order(tmp_path, monkeypatch):
+    cache = _no_default_sources(monkeypatch, tmp_path)
     bench = get_benchmark("arc_easy")
     own = write_lines(tmp_path / "mine.jsonl", [])
-    assert find_data_file(bench, path=own) == own
+    assert find_data_file(bench, path=own) == own  # a named file first
     with pytest.raises(TunelabError, match="does not exist"):
         find_data_file(bench, path=tmp_path / "missing.jsonl")
     (tmp_path / "dir").mkdir()
@@ -229,19 +240,85 @@ def test_data_file_lookup_order(tmp_path, monkeypatch):
         find_data_file(bench, benchmark_dir=tmp_path / "dir")
     arc = write_lines(tmp_path / "dir" / "ARC-Easy-Test.jsonl", [])  # AI2's own file name
     assert find_data_file(bench, benchmark_dir=tmp_path / "dir") == arc
+    cache.mkdir(parents=True, exist_ok=True)
+    cached = write_lines(cache / "arc_easy.jsonl", [])
+    assert find_data_file(bench) == cached  # the download cache
     monkeypatch.setenv("TUNELAB_BENCHMARK_DIR", str(tmp_path / "dir"))
-    assert find_data_file(bench) == arc
+    assert find_data_file(bench) == arc  # the user's directory before the cache
 
 
-def test_missing_arc_offline_says_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("TUNELAB_BENCHMARK_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)
+def test_no_files_are_looked_for_beside_the_working_directory(tmp_path, monkeypatch):
+    _no_default_sources(monkeypatch, tmp_path)
+    beside = tmp_path / "shared" / "benchmarks"
+    beside.mkdir(parents=True)
+    write_lines(beside / "truthfulqa_mc.jsonl", (SLICES / "truthfulqa_mc.jsonl").read_text().splitlines()[:1])
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    with pytest.raises(TunelabError, match="truthfulqa_mc1: no truthfulqa_mc.jsonl"):
+        find_data_file(get_benchmark("truthfulqa_mc1"))
+
+
+def test_missing_file_says_which_file_to_get_and_where_to_put_it(tmp_path, monkeypatch):
+    cache = _no_default_sources(monkeypatch, tmp_path)
     with pytest.raises(TunelabError) as err:
-        find_data_file(get_benchmark("arc_challenge"))
+        find_data_file(get_benchmark("hellaswag"))
     message = str(err.value)
-    assert "arc_challenge.jsonl" in message and "--benchmark-dir" in message and "offline" in message
+    assert message.startswith(f"hellaswag: no hellaswag_val.jsonl or hellaswag.jsonl in {cache}, and fetching "
+                              "Rowan/hellaswag from the Hugging Face hub is off (offline mode). ")
+    assert "It needs hellaswag_val.jsonl: JSON Lines, one item per line with `activity_label`" in message
+    assert "`endings` (the 4 candidate endings) and `label`" in message
+    assert "It is the validation split of the Hugging Face dataset Rowan/hellaswag;" in message
+    assert (f"python -c \"from datasets import load_dataset; load_dataset('Rowan/hellaswag', split='validation')"
+            f".to_json('{cache / 'hellaswag_val.jsonl'}')\"") in message
+    assert (f"Put the file in {cache} (or in the directory $TUNELAB_BENCHMARK_DIR names), or pass its path: "
+            "--benchmark-path hellaswag=FILE (config: eval.benchmark_paths: {hellaswag: FILE}).") in message
+    with pytest.raises(TunelabError) as err:
+        find_data_file(get_benchmark("arc_challenge"), benchmark_dir=tmp_path)
+    message = str(err.value)
+    assert f"none of arc_challenge.jsonl, ARC-Challenge-Test.jsonl, arc-challenge-test.jsonl is in {tmp_path}" in message
+    assert "load_dataset('allenai/ai2_arc', 'ARC-Challenge', split='test')" in message
+    assert f"to_json('{tmp_path / 'arc_challenge.jsonl'}')" in message and "`answerKey`" in message
+
+
+class _FakeDatasets:
+    """Stands in for the `datasets` package: records what is loaded, returns the given rows or raises."""
+
+    def __init__(self, rows=None, error=None):
+        self.rows, self.error, self.calls = rows, error, []
+
+    def load_dataset(self, name, config=None, split=None):
+        self.calls.append((name, config, split))
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+
+def test_online_a_missing_file_is_fetched_from_the_hub_once_into_the_cache(tmp_path, monkeypatch):
+    cache = _no_default_sources(monkeypatch, tmp_path)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    rows = [json.loads(line) for line in (SLICES / "truthfulqa_mc.jsonl").read_text().splitlines()[:3]]
+    fake = _FakeDatasets(rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    bench = get_benchmark("truthfulqa_mc2")
+    assert find_data_file(bench) == cache / "truthfulqa_mc.jsonl"
+    assert fake.calls == [("truthfulqa/truthful_qa", "multiple_choice", "validation")]
+    assert [i.query for i in load_items(bench, cache / "truthfulqa_mc.jsonl")] == [r["question"] for r in rows]
+    assert find_data_file(get_benchmark("truthfulqa_mc1")) == cache / "truthfulqa_mc.jsonl"
+    assert len(fake.calls) == 1  # the cached copy serves MC1 too
+
+
+def test_a_failed_fetch_says_why_and_what_to_do(tmp_path, monkeypatch):
+    cache = _no_default_sources(monkeypatch, tmp_path)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", _FakeDatasets(error=ConnectionError("no route to host")))
+    with pytest.raises(TunelabError) as err:
+        find_data_file(get_benchmark("arc_easy"))
+    message = str(err.value)
+    assert "fetching allenai/ai2_arc (ARC-Easy, test) from the Hugging Face hub failed: ConnectionError: " \
+           "no route to host." in message
+    assert "--benchmark-path arc_easy=FILE" in message and list(cache.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -314,16 +391,14 @@ def test_paths_limit_and_table(model, tiny_tokenizer, tmp_path):
         run_benchmarks(model, tiny_tokenizer, ["hellaswag"], paths={"arc_easy": copy})
 
 
-# lm-eval 0.4.13 (hf backend, fp32, batch 32) on the same converted SmolLM2-135M-Instruct and the first
-# 20 rows of ../shared/benchmarks/truthfulqa_mc.jsonl, from bench/mc_vs_lmeval.py: the index of the
+# lm-eval 0.4.13 (hf backend, fp32, batch 32) on the same converted SmolLM2-135M-Instruct and the 20
+# rows of benchmark_slices/truthfulqa_mc.jsonl, from bench/mc_vs_lmeval.py: the index of the
 # highest-likelihood MC1 choice per item (gold is 0), so acc = 4/20.
 LM_EVAL_MC1_PREDICTIONS = [2, 2, 2, 1, 2, 0, 2, 2, 0, 0, 1, 4, 5, 3, 1, 1, 5, 2, 5, 0]
 
 
 @pytest.mark.slow
 def test_smollm2_truthfulqa_slice_matches_lm_eval(tmp_path):
-    if not (SHARED / "truthfulqa_mc.jsonl").is_file():
-        pytest.skip(f"{SHARED.resolve()} has no truthfulqa_mc.jsonl (the shared benchmark data is not there)")
     from tunelab.models import load_model, load_tokenizer
 
     model = load_model("smollm2-135m-instruct", dtype="float32")
@@ -333,7 +408,7 @@ def test_smollm2_truthfulqa_slice_matches_lm_eval(tmp_path):
         tokenizer,
         ["truthfulqa_mc1", "truthfulqa_mc2"],
         limit=20,
-        benchmark_dir=SHARED,
+        benchmark_dir=SLICES,
         out_dir=tmp_path,
     )
     mc1 = result["benchmarks"]["truthfulqa_mc1"]
@@ -343,3 +418,29 @@ def test_smollm2_truthfulqa_slice_matches_lm_eval(tmp_path):
     assert mc1["metrics"]["acc_stderr"] == pytest.approx(math.sqrt(0.2 * 0.8 * 20 / 19) / math.sqrt(20))
     assert 0.0 < result["benchmarks"]["truthfulqa_mc2"]["metrics"]["acc"] < 1.0
     assert result["benchmarks"]["truthfulqa_mc2"]["requests_reused"] > 0
+
+
+def test_eval_cli_benchmark_path_and_the_missing_file_message(tiny_model_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    cache = _no_default_sources(monkeypatch, tmp_path)
+    runner = CliRunner()
+    own = write_lines(tmp_path / "my_hellaswag.jsonl", (FILES / "hellaswag_val.jsonl").read_text().splitlines())
+    base = ["eval", "--model", str(tiny_model_dir), "--benchmark", "hellaswag", "--limit", "2", "--batch-size", "4"]
+    res = runner.invoke(app, [*base, "--benchmark-path", f"hellaswag={own}", "--json"])
+    assert res.exit_code == 0, res.output
+    bench = json.loads(res.stdout)["benchmarks"]["benchmarks"]["hellaswag"]
+    assert bench["file"] == str(own) and bench["n"] == 2
+
+    res = runner.invoke(app, base)  # nothing named, nothing cached, offline
+    assert res.exit_code != 0
+    text = " ".join(res.output.split())
+    assert "It needs hellaswag_val.jsonl" in text and "Rowan/hellaswag" in text
+    assert f"Put the file in {cache}" in text and "--benchmark-path hellaswag=FILE" in text
+
+    res = runner.invoke(app, [*base, "--benchmark-path", "hellaswag"])
+    assert res.exit_code != 0 and "expected NAME=FILE" in res.output
+    res = runner.invoke(app, [*base, "--benchmark-path", f"mmlu={own}"])
+    assert res.exit_code != 0 and "unknown benchmark 'mmlu'" in res.output

@@ -16,8 +16,6 @@ from tunelab.models.loading import (
     resolve_dtype,
 )
 
-no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error path")
-
 
 def test_load_model_and_tokenizer_from_local_dir(tiny_model_dir):
     model = load_model(str(tiny_model_dir))
@@ -47,8 +45,8 @@ def test_dtype_choice(tiny_model_dir):
         resolve_dtype("fp8", "cpu")
 
 
-@no_cuda
-def test_cuda_without_cuda_is_a_clear_error(tiny_model_dir):
+def test_cuda_without_cuda_is_a_clear_error(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
     with pytest.raises(TunelabError, match="no CUDA GPU is available") as err:
         load_model(str(tiny_model_dir), device="cuda")
     assert "--device cpu" in str(err.value)

@@ -129,17 +129,17 @@ def test_changed_training_config_retrains_and_keeps_the_old_run(experiment):
 
 
 def test_forgetting_check_joins_the_comparison(experiment):
-    shared = Path(__file__).parents[3] / "shared" / "benchmarks"
-    if not (shared / "truthfulqa_mc.jsonl").is_file():
-        pytest.skip("../shared/benchmarks is missing")
+    slice_file = Path(__file__).parents[1] / "evaluate" / "benchmark_slices" / "truthfulqa_mc.jsonl"
     args = ["run", str(experiment), "compare.rag=off", "eval.baseline=true", "eval.benchmarks=[truthfulqa_mc1]",
-            "eval.limit=6", "--json"]
+            f"eval.benchmark_paths.truthfulqa_mc1={slice_file}", "eval.limit=6", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     comparison = json.loads(result.stdout.strip().splitlines()[-1])["compare"]["comparison"]
     (rows,) = comparison["forgetting"].values()  # one tuned adapter
     assert [(r["benchmark"], r["metric"], r["n"]) for r in rows] == [("truthfulqa_mc1", "acc", 6)]
-    assert any(s.startswith("Forgetting check:") for s in comparison["reading"])
+    assert any(s.startswith("Forgetting check:") and "95% interval" in s for s in comparison["reading"])
+    assert rows[0]["level"] == 0.95 and rows[0]["interval"] == "paired"
     run_dir = Path(json.loads(result.stdout.strip().splitlines()[-1])["run_dir"])
     assert "<h2>General ability</h2>" in (run_dir / "compare" / "report.html").read_text()
     assert "truthfulqa_mc1" in (run_dir / "compare" / "report.html").read_text()
+    assert "95% interval (paired)" in (run_dir / "compare" / "report.html").read_text()

@@ -134,9 +134,11 @@ def test_single_process_needs_no_process_group(monkeypatch):
 def test_deepspeed_config_without_deepspeed_says_so(monkeypatch):
     import importlib.util
 
-    if importlib.util.find_spec("deepspeed") is not None:
-        pytest.skip("deepspeed is installed here")
     from tunelab.errors import TunelabError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # as where DeepSpeed is not installed, even if it is here
+                        lambda n, *a: None if n == "deepspeed" else real_find_spec(n, *a))
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")

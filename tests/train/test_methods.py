@@ -34,8 +34,6 @@ def test_every_method_has_a_case():
 
 @pytest.mark.parametrize(("method", "lr", "markers", "drop"), CASES, ids=[c[0] for c in CASES])
 def test_method_trains_what_it_should(method, lr, markers, drop, make_config):
-    if method == "qlora":
-        pytest.importorskip("bitsandbytes")
     config = make_config(
         f"m-{method}",
         method={"name": method, "num_virtual_tokens": 8},

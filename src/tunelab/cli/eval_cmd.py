@@ -23,7 +23,8 @@ def evaluate(
     data: Path | None = typer.Option(None, "--data", help="Eval file (chat/alpaca/prompt-completion/label) or prepared split."),
     metrics: str = typer.Option("rougeL,bleu,token_f1", "--metrics", help="Comma-separated metric names."),
     benchmark: str | None = typer.Option(None, "--benchmark", help="Comma-separated: truthfulqa_mc1, truthfulqa_mc2, hellaswag, arc_easy, arc_challenge."),
-    benchmark_dir: Path | None = typer.Option(None, "--benchmark-dir", help="Where benchmark files are (default: ../shared/benchmarks)."),
+    benchmark_dir: Path | None = typer.Option(None, "--benchmark-dir", help="A directory holding the benchmark files (default: $TUNELAB_BENCHMARK_DIR, then <tunelab home>/benchmarks, then the Hugging Face hub)."),
+    benchmark_path: list[str] | None = typer.Option(None, "--benchmark-path", help="NAME=FILE: the data file of one benchmark (repeatable), e.g. hellaswag=data/hellaswag_val.jsonl."),
     limit: int | None = typer.Option(None, "--limit", help="First N rows of each benchmark / of the data (--baseline default: 100)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     batch_size: int = typer.Option(16, "--batch-size"),
@@ -36,6 +37,7 @@ def evaluate(
     judge_concurrency: int = typer.Option(4, "--judge-concurrency", help="Judge requests in flight at once (openai)."),
     judge_timeout: float = typer.Option(120.0, "--judge-timeout", help="Seconds per judge request (openai)."),
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", "--judge-api-key-env", help="Environment variable with the judge's API key."),
+    device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one, as training picks), cpu, cuda or cuda:N."),
     baseline: bool = typer.Option(False, "--baseline", help="With --adapter: score the base model too on the benchmarks (default hellaswag,truthfulqa_mc1) and report the change."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -46,7 +48,8 @@ def evaluate(
     from ..evaluate.run import run
 
     options = {"data": data, "metrics": _names(metrics), "benchmarks": _names(benchmark), "limit": limit,
-               "max_new_tokens": max_new_tokens, "batch_size": batch_size, "baseline": baseline}
+               "max_new_tokens": max_new_tokens, "batch_size": batch_size, "baseline": baseline,
+               "benchmark_paths": _pairs(benchmark_path or [])}
     if judge:
         options["judge"] = {"spec": judge, "cache": not no_judge_cache, "cache_dir": judge_cache,
                             "concurrency": judge_concurrency, "timeout_s": judge_timeout,
@@ -57,7 +60,7 @@ def evaluate(
         raise options_error(exc, "eval", EVAL_FLAGS) from None
     say = None if as_json else (lambda s: err_console.print(s, highlight=False, markup=False))
     result = run(model, settings, adapter=adapter, out=out, labels=_names(labels) or None, label_mode=label_mode,
-                 benchmark_dir=benchmark_dir, on_stage=say)
+                 benchmark_dir=benchmark_dir, device=device, on_stage=say)
     emit(result.to_dict(), as_json, lambda c: _render(result, c))
 
 
@@ -66,7 +69,22 @@ EVAL_FLAGS = {"eval.data": "--data", "eval.metrics": "--metrics", "eval.benchmar
               "eval.limit": "--limit", "eval.max_new_tokens": "--max-new-tokens", "eval.batch_size": "--batch-size",
               "eval.judge.spec": "--judge", "eval.judge.cache_dir": "--judge-cache",
               "eval.judge.concurrency": "--judge-concurrency", "eval.judge.timeout_s": "--judge-timeout",
-              "eval.judge.api_key_env": "--judge-api-key-env"}
+              "eval.judge.api_key_env": "--judge-api-key-env", "eval.benchmark_paths": "--benchmark-path"}
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    """--benchmark-path NAME=FILE options as {name: file}."""
+    from ..errors import TunelabError
+
+    paths: dict[str, str] = {}
+    for value in values:
+        name, sep, file = (part.strip() for part in value.partition("="))
+        if not sep or not name or not file:
+            raise TunelabError(f"--benchmark-path {value!r}: expected NAME=FILE, e.g. hellaswag=hellaswag_val.jsonl")
+        if name in paths:
+            raise TunelabError(f"--benchmark-path: {name} is given twice")
+        paths[name] = file
+    return paths
 
 
 def _names(text: str | None) -> list[str]:
@@ -87,7 +105,7 @@ def _render(result: Any, console: Any) -> None:
         bl = result.baseline
         console.print(render_baseline(bl))
         console.print("[red]forgetting: the tuned model is worse than its base beyond the noise on at least one "
-                      "metric[/]" if bl["forgetting"] else "no metric got worse beyond the combined standard error")
+                      "metric[/]" if bl["forgetting"] else "no metric got worse beyond its 95% interval")
     elif result.benchmarks is not None:
         from ..evaluate.benchmarks.run import render_table
 

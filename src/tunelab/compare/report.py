@@ -147,8 +147,10 @@ def _forgetting_html(comparison: Comparison) -> str:
         return ('<p class="muted">No forgetting check in this run: set eval.baseline (or eval.benchmarks) to score '
                 "each tuned adapter against its base model on general benchmarks.</p>")
     body = [[label, r["benchmark"], r["metric"], fmt(r["base"]), fmt(r["tuned"]), fmt(r["change"]),
-             fmt(r.get("stderr_combined")), r["verdict"]] for label, rows in forgetting.items() for r in rows]
-    return _table(["variant", "benchmark", "metric", "base", "tuned", "change", "combined se", "verdict"], body)
+             "-" if r.get("ci_low") is None else f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]", r["verdict"]]
+            for label, rows in forgetting.items() for r in rows]
+    return _table(["variant", "benchmark", "metric", "base", "tuned", "change", "95% interval (paired)", "verdict"],
+                  body)
 
 
 def _cost_html(comparison: Comparison) -> str:

@@ -196,8 +196,9 @@ def _forgetting_sentences(forgetting: dict[str, list[dict[str, Any]]]) -> list[s
     for label, rows in forgetting.items():
         worse = [r for r in rows if r.get("verdict") == "worse"]
         parts = ", ".join(f"{r['benchmark']} {r['metric']} {r['base']:.3f} -> {r['tuned']:.3f}" for r in rows)
-        verdict = ("lost general ability beyond the noise on " + ", ".join(f"{r['benchmark']} {r['metric']}" for r in worse)
-                   if worse else "shows no loss of general ability beyond the noise")
+        verdict = ("lost general ability beyond the noise (95% interval of the paired change below 0) on "
+                   + ", ".join(f"{r['benchmark']} {r['metric']}" for r in worse)
+                   if worse else "shows no loss of general ability beyond the noise (95% intervals of the paired change)")
         out.append(f"Forgetting check: {label} {verdict} ({parts}).")
     return out
 

@@ -2,8 +2,9 @@
 
 Uncertainty, stated with every number:
 - a mean metric (ROUGE, token F1, exact match, judge scores) carries its standard error; a difference
-  between two variants is paired (the same questions), so its 95% interval is mean(d) +- 1.96 se(d)
-  over the per-question differences d, tighter than comparing the two intervals;
+  between two variants is paired (the same questions), so its 95% interval is mean(d) +- t se(d)
+  over the n per-question differences d, with t Student's 0.975 quantile for n-1 degrees of freedom
+  (2.26 at n = 10; 1.96 is its limit for large n), tighter than comparing the two intervals;
 - a corpus metric (BLEU, chrF) carries a 95% bootstrap interval; two variants differ beyond
   uncertainty only when their intervals do not overlap (conservative: no paired resampling).
 """
@@ -17,12 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluate.metrics.base import t_interval
 from .comparison import Comparison, Contrast, fmt
 from .evaluate import VariantResult
 from .reading import read_comparison
-
-Z95 = 1.959964
-
 
 # -- building -------------------------------------------------------------------------------------
 
@@ -82,9 +81,9 @@ def contrast(a: VariantResult, b: VariantResult, metric: str, question: str) -> 
     if ca.get("aggregation") == "mean" and xa is not None and xb is not None and len(xa) == len(xb) and len(xa) > 1:
         d = (xa - xb) * sign
         mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
-        low, high = mean - Z95 * se, mean + Z95 * se
+        low, high = t_interval(mean, se, len(d))
         beyond = low > 0 or high < 0
-        method = "paired, 95% interval of the per-question difference"
+        method = "paired, 95% interval of the per-question difference (t, n-1 degrees of freedom)"
     else:
         mean = (float(ca["value"]) - float(cb["value"])) * sign
         ia, ib = _interval(ca), _interval(cb)
@@ -100,8 +99,9 @@ def contrast(a: VariantResult, b: VariantResult, metric: str, question: str) -> 
 def _interval(cell: dict[str, Any]) -> tuple[float, float] | None:
     if cell.get("ci95"):
         return float(cell["ci95"][0]), float(cell["ci95"][1])
-    if cell.get("stderr") is not None:
-        return float(cell["value"]) - Z95 * cell["stderr"], float(cell["value"]) + Z95 * cell["stderr"]
+    n = cell.get("n", cell.get("n_scored"))  # judge metrics count the answers they scored
+    if cell.get("stderr") is not None and n is not None and n >= 2:
+        return t_interval(float(cell["value"]), float(cell["stderr"]), int(n))
     return None
 
 

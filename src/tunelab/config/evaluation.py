@@ -28,6 +28,11 @@ class EvalConfig(Section):
     judge: JudgeConfig | None = Field(None, description="Score answers with an LLM judge as well.")
     baseline: bool = Field(False, description="With an adapter: also score the base model on the benchmarks "
                            "(default hellaswag + truthfulqa_mc1, 100 items each) and report the change.")
+    benchmark_paths: dict[str, Path] = Field(default_factory=dict, description="A data file per benchmark name, "
+                                             "e.g. {hellaswag: data/hellaswag_val.jsonl}; default: found in "
+                                             "$TUNELAB_BENCHMARK_DIR, tunelab's cache or the Hugging Face hub. "
+                                             "Names are checked against the benchmark registry when the "
+                                             "experiment starts.")
 
 
 # ------------------------------------------------------------------------------------------------- rag

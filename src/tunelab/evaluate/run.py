@@ -101,6 +101,7 @@ def run(
     labels: Sequence[str] | None = None,
     label_mode: str = "generate",
     benchmark_dir: Path | None = None,
+    device: str = "auto",
     on_stage: Callable[[str], None] | None = None,
 ) -> EvalRun:
     """Evaluate `model` (with `adapter`) as `settings` says; see the module docstring."""
@@ -111,32 +112,49 @@ def run(
         from .judge import judge_backend
 
         backend = judge_backend(settings.judge)
+    names = list(settings.benchmarks)
+    if settings.baseline:
+        from .baseline import DEFAULT_BENCHMARKS
+
+        names = names or list(DEFAULT_BENCHMARKS)
+    paths = _benchmark_files(names, settings, benchmark_dir)  # a missing file is said before a model loads
     from ..models.adapters import load_with_adapter
 
-    model_obj, tokenizer, report = load_with_adapter(model, adapter)
+    model_obj, tokenizer, report = load_with_adapter(model, adapter, device=device)
     result = EvalRun(model=f"{model}+{adapter}" if adapter else model, adapter=report)
     for warning in result.warnings:  # said now: an adapter that changes nothing makes the rest moot
         stage(f"warning: {warning}")
     if settings.data is not None:
         result.generation, result.judge = _generate(model_obj, tokenizer, settings, result.model, backend,
                                                     out, labels, label_mode, stage)
-    names = list(settings.benchmarks)
     batch_size = max(settings.batch_size, 16)
     if settings.baseline:
-        from .baseline import DEFAULT_BENCHMARKS, DEFAULT_LIMIT, run_baseline
+        from .baseline import DEFAULT_LIMIT, run_baseline
 
-        names = names or list(DEFAULT_BENCHMARKS)
         stage(f"forgetting check: base and tuned on {', '.join(names)} ...")
         result.baseline = run_baseline(model_obj, tokenizer, names, limit=settings.limit or DEFAULT_LIMIT,
-                                       batch_size=batch_size, benchmark_dir=benchmark_dir,
+                                       batch_size=batch_size, benchmark_dir=benchmark_dir, paths=paths,
                                        out_dir=out / "baseline" if out else None)
     elif names:
         from .benchmarks.run import run_benchmarks
 
         stage(f"scoring {', '.join(names)} ...")
         result.benchmarks = run_benchmarks(model_obj, tokenizer, names, limit=settings.limit, batch_size=batch_size,
-                                           benchmark_dir=benchmark_dir, out_dir=out / "benchmarks" if out else None)
+                                           benchmark_dir=benchmark_dir, paths=paths,
+                                           out_dir=out / "benchmarks" if out else None)
     return result
+
+
+def _benchmark_files(names: list[str], settings: EvalConfig, benchmark_dir: Path | None) -> dict[str, Path]:
+    """Each benchmark's data file, found (or fetched) now; unknown names and missing files fail here."""
+    from .benchmarks.registry import find_data_file, get_benchmark
+
+    given = {get_benchmark(n).name: file for n, file in settings.benchmark_paths.items()}  # known names only
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise TunelabError(f"--benchmark-path names {', '.join(unknown)}, which is not being evaluated "
+                           f"(benchmarks: {', '.join(names) or 'none'})")
+    return {n: find_data_file(get_benchmark(n), benchmark_dir, path=given.get(n)) for n in names}
 
 
 def _generate(model: Any, tokenizer: Any, settings: EvalConfig, name: str, backend: Any, out: Path | None,

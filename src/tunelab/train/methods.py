@@ -117,7 +117,7 @@ def _lora(model: nn.Module, cfg: MethodConfig, *, dora: bool = False) -> nn.Modu
 def _qlora(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     from peft import prepare_model_for_kbit_training
 
-    # Gradient checkpointing does not pay below ~1B parameters on CPU (REFERENCE.md); keep it off.
+    # Gradient checkpointing does not pay below ~1B parameters on CPU; keep it off.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return _lora(model, cfg)
 

@@ -12,6 +12,12 @@ from typing import Any
 
 from .base import Benchmark, Item, RowError, require, score_acc, string_list
 
+DATA_FORMAT = (
+    "JSON Lines, one question per line: `question` (text), `choices` {`text`: list, `label`: list} and "
+    "`answerKey` (Hugging Face's rows), or AI2's `question` {`stem`, `choices`: list of {`text`, `label`}} "
+    "and `answerKey`"
+)
+
 
 def _ai2_choices(question: dict[str, Any]) -> tuple[str, list[str], list[Any]]:
     stem = require(question, "stem", str, where="question")
@@ -59,6 +65,7 @@ BENCHMARKS = tuple(
         score=score_acc,
         metrics=("acc", "acc_norm"),
         hf_source=("allenai/ai2_arc", config, "test"),
+        data_format=DATA_FORMAT,
     )
     for name, config in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge"))
 )

@@ -58,6 +58,7 @@ class Benchmark:
     score: Callable[[Item, Sequence[float]], dict[str, float]]
     metrics: tuple[str, ...]  # what lm-eval reports for this task, in its order
     hf_source: tuple[str, str | None, str] | None = None  # (dataset, config, split) lm-eval loads
+    data_format: str = "JSONL"  # the file's rows as a user must write them, for "file not found" errors
     notes: tuple[str, ...] = field(default=())
 
 

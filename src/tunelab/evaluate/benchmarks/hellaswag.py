@@ -17,6 +17,10 @@ from .base import Benchmark, Item, index_label, require, score_acc, string_list
 
 FILENAMES = ("hellaswag_val.jsonl", "hellaswag.jsonl")
 HF_SOURCE = ("Rowan/hellaswag", None, "validation")
+DATA_FORMAT = (
+    "JSON Lines, one item per line with `activity_label`, `ctx_a`, `ctx_b` (or `ctx`, already joined), "
+    "`endings` (the 4 candidate endings) and `label` (the index of the right ending)"
+)
 _BRACKETED = re.compile(r"\[.*?\]")
 
 
@@ -53,5 +57,6 @@ BENCHMARKS = (
         score=score_acc,
         metrics=("acc", "acc_norm"),
         hf_source=HF_SOURCE,
+        data_format=DATA_FORMAT,
     ),
 )

@@ -1,12 +1,12 @@
 """The benchmarks by their lm-eval task names, where their data files are found, and reading them.
 
-Lookup order for a benchmark's data file:
-1. an explicit per-benchmark path;
-2. an explicit benchmark directory (only there: a user who names a directory means it);
-3. $TUNELAB_BENCHMARK_DIR, ../shared/benchmarks relative to the working directory and to the
-   repository root, and the download cache (<tunelab home>/benchmarks);
-4. with `datasets` and a network, the public dataset lm-eval loads, fetched once into that cache.
-Nothing found and nothing fetched: a TunelabError that says where to put the file.
+Lookup order for a benchmark's data file (tunelab never looks beside its own install or repository):
+1. a file the user names for that benchmark (`--benchmark-path NAME=FILE`, config `eval.benchmark_paths`);
+2. a directory the user names (`--benchmark-dir`; only there: a user who names a directory means it);
+3. $TUNELAB_BENCHMARK_DIR, then tunelab's download cache (<tunelab home>/benchmarks);
+4. with a network, the public Hugging Face dataset lm-eval loads, fetched once into that cache.
+Nothing found and nothing fetched: a TunelabError that names the file to get (its name, fields and
+Hugging Face dataset), how to get it and where to put it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 def download_cache() -> Path:
-    return tunelab_home() / "benchmarks"
+    """<tunelab home>/benchmarks, created: the error messages tell users to save files there."""
+    path = tunelab_home() / "benchmarks"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def default_dirs() -> list[Path]:
@@ -50,13 +53,8 @@ def default_dirs() -> list[Path]:
     dirs = []
     if os.environ.get(ENV_DIR):
         dirs.append(Path(os.environ[ENV_DIR]).expanduser())
-    repo_root = Path(__file__).resolve().parents[4]
-    dirs += [Path.cwd() / ".." / "shared" / "benchmarks", repo_root / ".." / "shared" / "benchmarks"]
     dirs.append(download_cache())
-    unique: dict[Path, None] = {}
-    for d in dirs:
-        unique.setdefault(d.resolve(), None)
-    return list(unique)
+    return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
 def find_data_file(
@@ -75,10 +73,31 @@ def find_data_file(
                 return d / name
     if benchmark_dir is not None:
         raise TunelabError(
-            f"{bench.name}: none of {', '.join(bench.filenames)} is in {dirs[0]}; put the file there "
-            f"or pass its path for this benchmark"
+            f"{bench.name}: none of {', '.join(bench.filenames)} is in {dirs[0]}. " + how_to_get(bench, dirs[0])
         )
     return _fetch(bench, dirs)
+
+
+def how_to_get(bench: Benchmark, target: Path | None = None) -> str:
+    """Which file `bench` needs (name, fields, the Hugging Face dataset it comes from), how to get it and
+    where to put it: the part of every "not found" error that lets the user fix it."""
+    target = target or download_cache()
+    name = bench.filenames[0]
+    sentences = [f"It needs {name}: {bench.data_format}."]
+    if bench.hf_source is not None:
+        dataset, config, split = bench.hf_source
+        args = f"'{dataset}', " + (f"'{config}', " if config else "") + f"split='{split}'"
+        sentences.append(
+            f"It is the {split} split of the Hugging Face dataset {dataset}"
+            + (f" (config {config})" if config else "")
+            + f"; with a network, save it with: python -c \"from datasets import load_dataset; "
+            f"load_dataset({args}).to_json('{target / name}')\"."
+        )
+    sentences.append(
+        f"Put the file in {target} (or in the directory ${ENV_DIR} names), or pass its path: "
+        f"--benchmark-path {bench.name}=FILE (config: eval.benchmark_paths: {{{bench.name}: FILE}})."
+    )
+    return " ".join(sentences)
 
 
 def _offline() -> bool:
@@ -89,26 +108,21 @@ def _offline() -> bool:
 
 
 def _fetch(bench: Benchmark, searched: list[Path]) -> Path:
-    where = (
-        f"looked for {', '.join(bench.filenames)} in: {', '.join(str(d) for d in searched)}. Put the file in "
-        f"one of those directories (or set {ENV_DIR}), pass --benchmark-dir DIR, or give this "
-        f"benchmark's path"
-    )
+    where = f"{bench.name}: no {' or '.join(bench.filenames)} in {', '.join(str(d) for d in searched)}"
     if bench.hf_source is None:
-        raise TunelabError(f"{bench.name}: no data file found; {where}")
+        raise TunelabError(f"{where}. {how_to_get(bench)}")
     dataset, config, split = bench.hf_source
     if _offline():
-        raise TunelabError(
-            f"{bench.name}: no data file found, and fetching {dataset} is off (HF offline mode); {where}"
-        )
+        raise TunelabError(f"{where}, and fetching {dataset} from the Hugging Face hub is off (offline mode). "
+                           + how_to_get(bench))
     try:
         from datasets import load_dataset
 
         rows = load_dataset(dataset, config, split=split)
     except Exception as exc:  # noqa: BLE001 - any failure here means "no network copy"; say why
         raise TunelabError(
-            f"{bench.name}: no data file found, and fetching {dataset} ({config or 'default'}, {split}) "
-            f"failed: {type(exc).__name__}: {exc}; {where}"
+            f"{where}, and fetching {dataset} ({config or 'default'}, {split}) from the Hugging Face hub "
+            f"failed: {type(exc).__name__}: {exc}. " + how_to_get(bench)
         ) from exc
     target = download_cache() / bench.filenames[0]
     write_jsonl(target, (dict(r) for r in rows))

@@ -30,6 +30,10 @@ PRIMER = (
 
 FILENAMES = ("truthfulqa_mc.jsonl", "truthfulqa_mc_validation.jsonl")
 HF_SOURCE = ("truthfulqa/truthful_qa", "multiple_choice", "validation")
+DATA_FORMAT = (
+    "JSON Lines, one question per line with `question`, `mc1_targets` and `mc2_targets`, each "
+    "{`choices`: list of answers, `labels`: 1 for a true answer, 0 for a false one}, the MC1 true answer first"
+)
 
 
 def context_for(question: str) -> str:
@@ -75,6 +79,7 @@ BENCHMARKS = (
         score=score_acc_only,
         metrics=("acc",),
         hf_source=HF_SOURCE,
+        data_format=DATA_FORMAT,
     ),
     Benchmark(
         name="truthfulqa_mc2",
@@ -84,5 +89,6 @@ BENCHMARKS = (
         score=score_mc2,
         metrics=("acc",),
         hf_source=HF_SOURCE,
+        data_format=DATA_FORMAT,
     ),
 )
