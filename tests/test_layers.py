@@ -47,11 +47,7 @@ STAGES = ("synth", "train", "rag")
 
 # Known exceptions, each with the reason it is still here. An entry is debt: when the import it names is
 # gone, test_allow_lists_hold_only_what_still_happens fails until the entry is removed too.
-ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    # Split in a parallel branch (issue 16: run.py into setup, single-run and dispatch); remove this entry
-    # when merging that branch.
-    frozenset({"tunelab.train.run", "tunelab.train.stages"}): "train/run.py <-> train/stages.py, split elsewhere",
-}
+ALLOWED_CYCLES: dict[frozenset[str], str] = {}
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
 

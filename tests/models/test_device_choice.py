@@ -27,7 +27,7 @@ def _config(tiny_model_dir) -> ExperimentConfig:
 
 def test_training_and_comparison_resolve_auto_the_same_way(spy, tiny_model_dir):
     from tunelab.compare.evaluate import _device as compare_device
-    from tunelab.train.run import _device as train_device
+    from tunelab.train.setup import device_for as train_device
 
     config = _config(tiny_model_dir)
     assert config.model.device == "auto"

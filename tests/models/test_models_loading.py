@@ -59,3 +59,34 @@ def test_device_resolution():
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(TunelabError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_4bit_loading_goes_through_the_same_loader(tiny_model_dir):
+    model = load_model(str(tiny_model_dir), quantization="nf4")
+    kinds = {p.__class__.__name__ for p in model.parameters()}
+    assert "Params4bit" in kinds  # the linear layers, in NF4
+    assert next(model.parameters()).device.type == "cpu"
+    with pytest.raises(TunelabError, match="unknown quantization 'int3'"):
+        load_model(str(tiny_model_dir), quantization="int3")
+
+
+def test_an_adapter_loads_and_merges_to_the_same_outputs(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.models.loading import load_adapter, merge_adapter
+
+    torch.manual_seed(0)
+    # init_lora_weights=False: random B, so the adapter changes the outputs
+    adapted = get_peft_model(load_model(str(tiny_model_dir)), LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapted.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        base = load_model(str(tiny_model_dir))(ids).logits
+        loaded = load_adapter(load_model(str(tiny_model_dir)), tmp_path / "adapter")
+        merged = merge_adapter(str(tiny_model_dir), tmp_path / "adapter")
+        with_adapter, merged_out = loaded(ids).logits, merged(ids).logits
+    assert not torch.allclose(with_adapter, base)
+    torch.testing.assert_close(merged_out, with_adapter, rtol=1e-5, atol=1e-5)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())  # plain weights
+    assert merged.dtype == torch.float32

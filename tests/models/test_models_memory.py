@@ -76,3 +76,15 @@ def test_all_methods_and_bad_input():
         estimate_training_memory(N_SMOL, SMOL, "full", dtype="int4")
     with pytest.raises(TunelabError, match="hidden_size"):
         ArchShape.from_config({"vocab_size": 10})
+
+
+def test_a_memory_model_is_passed_in_as_facts():
+    from tunelab.models.memory import LORA, MemoryModel
+
+    named = estimate_training_memory(N_SMOL, SMOL, "lora")
+    assert estimate_training_memory(N_SMOL, SMOL, LORA) == named
+    adapters_on_4bit = MemoryModel("my-qlora", trainable="lora", base="nf4")
+    custom = estimate_training_memory(N_SMOL, SMOL, adapters_on_4bit)
+    assert custom["method"] == "my-qlora"
+    assert custom["bytes"] == estimate_training_memory(N_SMOL, SMOL, "qlora")["bytes"]
+    assert set(estimate_all_methods(N_SMOL, SMOL, models={"mine": adapters_on_4bit})) == {"mine"}

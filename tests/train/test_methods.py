@@ -115,3 +115,51 @@ def test_embedding_lr_gets_its_own_group(make_config):
     assert len(groups) == 1 and groups[0]["lr"] == 1e-5
     norms = [g for g in optimizer.param_groups if any(p.ndim == 1 for p in g["params"])]
     assert all(g["weight_decay"] == 0.0 for g in norms)
+
+
+def test_the_config_accepts_exactly_the_registered_methods():
+    import typing
+
+    from tunelab.config import MethodConfig
+
+    assert set(typing.get_args(MethodConfig.model_fields["name"].annotation)) == set(METHODS)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_states_its_facts(name):
+    from tunelab.config import MethodConfig
+    from tunelab.models.loading import DTYPES
+    from tunelab.models.memory import MemoryModel
+
+    m = METHODS[name]
+    assert m.name == name and m.summary and callable(m.apply)
+    assert set(m.shape_keys) <= set(MethodConfig.model_fields) - {"name"}
+    if m.lora_family:
+        assert m.adapter and {"r", "alpha", "target_modules"} <= set(m.shape_keys)
+    if not m.adapter:
+        assert m.shape_keys == () and m.mergeable  # a whole model: nothing to continue or merge
+    assert m.auto_dtype is None or m.auto_dtype in DTYPES
+    assert m.memory is None or isinstance(m.memory, MemoryModel)
+    if m.quantized and m.memory is not None:
+        assert m.memory.base == "nf4"
+    lr, reason = m.suggest_lr(135_000_000)
+    assert 0 < lr < 1 and reason
+
+
+def test_a_new_method_is_one_registry_entry(monkeypatch):
+    """Every stage reads the entry: a method registered under a new name is planned, continued across
+    stages and estimated like the one it copies, with nothing else edited."""
+    import dataclasses
+
+    from tunelab.config import MethodConfig
+    from tunelab.train.plan import memory_estimates, suggest
+    from tunelab.train.stages import same_adapter
+
+    monkeypatch.setitem(METHODS, "lora2", dataclasses.replace(METHODS["lora"], name="lora2"))
+    a, b = (MethodConfig.model_construct(name="lora2", r=r) for r in (8, 16))
+    assert same_adapter(a, a.model_copy(update={"dropout": 0.3})) and not same_adapter(a, b)
+    assert suggest("lora2", 135_000_000, 100, 1000) == suggest("lora", 135_000_000, 100, 1000)
+    shape = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4,
+             "vocab_size": 300}
+    estimates = memory_estimates(shape, 200_000, 64, 4, 8, "float32")
+    assert estimates["lora2"]["total_gib"] == estimates["lora"]["total_gib"]

@@ -25,7 +25,7 @@ def spy_loop(monkeypatch):
     """The trainable weights each stage's loop starts from, in stage order."""
     import importlib
 
-    run_module = importlib.import_module("tunelab.train.run")  # the package's `run` is the function
+    run_module = importlib.import_module("tunelab.train.single")  # where one stage's loop runs
     starts: list[dict[str, torch.Tensor]] = []
     original = run_module.run_loop
 

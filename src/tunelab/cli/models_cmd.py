@@ -45,6 +45,8 @@ def list_cmd(as_json: bool = JsonOption) -> None:
 
 
 def _render_info(info: dict[str, Any]) -> Any:
+    from ..models.memory import MEMORY_MODELS
+
     def render(console: Console) -> None:
         t = info["chat_template"]
         table = Table(title=f"Model {info['name']}", show_header=False)
@@ -76,7 +78,7 @@ def _render_info(info: dict[str, Any]) -> Any:
         mt.add_column("method")
         for p in parts:
             mt.add_column(p.replace("_", " "), justify="right")
-        for method in ("full", "lora", "qlora"):
+        for method in MEMORY_MODELS:
             mt.add_row(method, *(f"{mem[method][p]:.2f}" for p in parts))
         console.print(mt)
         console.print(f"[dim]{mem['assumptions']}[/]")

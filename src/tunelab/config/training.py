@@ -111,6 +111,8 @@ class DataConfig(Section):
 
 # -------------------------------------------------------------------------------------------- method
 class MethodConfig(Section):
+    # The names of train.methods.METHODS, whose entries hold each method's facts (config cannot import
+    # train; tests/train/test_methods.py checks the two are equal).
     name: Literal["full", "lora", "dora", "qlora", "ia3", "prompt", "prefix"] = "lora"
     r: int = Field(16, gt=0, description="LoRA/DoRA/QLoRA rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")

@@ -1,5 +1,8 @@
 """Load a tokenizer and a model by any name `resolve` accepts, on the device and dtype asked for.
 
+The one place a causal LM is loaded: plain, with 4-bit NF4 linear layers (`quantization="nf4"`), with a
+PEFT adapter on top (`load_adapter`) or with an adapter merged into its weights (`merge_adapter`).
+
 GPU paths exist for users with GPUs; where the hardware is missing they fail with a message that says
 what was asked and what is there, never by silently running somewhere else.
 """
@@ -16,6 +19,7 @@ from .registry import ModelRef, model_path, resolve
 from .templates import ensure_chat_template, stop_token_ids
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("nf4",)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -91,27 +95,71 @@ def load_tokenizer(name_or_path: str | os.PathLike | ModelRef, ensure_template: 
     return tokenizer
 
 
+def quantization_config(kind: str = "nf4") -> Any:
+    """4-bit NF4 with fp32 compute (bf16 compute only pays where bf16 matmuls do)."""
+    import torch
+
+    if kind not in QUANTIZATIONS:
+        raise TunelabError(f"unknown quantization '{kind}'; use one of {', '.join(QUANTIZATIONS)}")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise TunelabError(
+            "method qlora needs bitsandbytes (0.49 or later, which runs 4-bit on CPU too): "
+            "pip install 'bitsandbytes>=0.49'"
+        ) from exc
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+
+
 def load_model(
     name_or_path: str | os.PathLike | ModelRef,
     dtype: str = "auto",
     device: str = "auto",
+    quantization: str | None = None,
     **from_pretrained_kwargs: Any,
 ):
-    """The causal LM in `dtype` on `device` (pulling and converting a GGUF first if needed)."""
+    """The causal LM in `dtype` on `device` (pulling and converting a GGUF first if needed).
+
+    quantization "nf4": the linear layers in 4-bit NF4 (bitsandbytes, placed on `device` as they load);
+    the other layers keep the checkpoint's dtype, since PEFT's k-bit preparation upcasts them (`dtype`
+    is not applied)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     ref = name_or_path if isinstance(name_or_path, ModelRef) else resolve(name_or_path)
     target = resolve_device(device)
-    chosen = resolve_dtype(dtype, target)
+    chosen = resolve_dtype(dtype, target) if quantization is None else None
     path = model_path(ref)
+    if quantization is not None:
+        kwargs = {"quantization_config": quantization_config(quantization), "device_map": target}
+    else:
+        kwargs = {"dtype": getattr(torch, chosen)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, chosen), **from_pretrained_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **from_pretrained_kwargs)
     except (OSError, ValueError) as exc:
         raise TunelabError(f"cannot load a causal language model from {path}: {exc}") from exc
-    if target != "cpu":
+    if target != "cpu" and quantization is None:
         model.to(target)
     return model
+
+
+def load_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
+    """`model` wrapped by the PEFT adapter saved in `adapter_dir`."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
+def merge_adapter(base: str | os.PathLike | ModelRef, adapter_dir: str | os.PathLike) -> Any:
+    """The adapter merged into an unquantized fp32 copy of its base on the CPU (PEFT merge_and_unload;
+    a QLoRA adapter merges into the unquantized base)."""
+    return load_adapter(load_model(base, dtype="float32", device="cpu"), adapter_dir).merge_and_unload()
 
 
 def load_model_and_tokenizer(

@@ -17,7 +17,8 @@ Activations, per transformer layer and token (elements, times activation bytes):
 Logits: the loss upcasts batch*seq*vocab logits to fp32, keeps the log-softmax, and backward makes a
     gradient of the same size: (act bytes + 4 [+4 for the upcast copy when not fp32] + 4) per element.
     For a 262k vocabulary this is often the largest term.
-Methods:
+Memory models (MemoryModel: what a method trains and how its base is stored; a training method names
+its memory model in its registry entry, tunelab.train.methods, and passes it in):
     full  - weights, gradients in the weight dtype; AdamW two fp32 states per parameter.
     lora  - frozen base in the weight dtype; adapters r*(in+out) on every linear layer of every block
             (q, k, v, o, gate, up, down: PEFT's "all-linear"), adapters, their gradients and AdamW
@@ -33,16 +34,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import TunelabError
 
-METHODS = ("full", "lora", "qlora")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BYTES = 0.5
 NF4_ABSMAX_BYTES = 4 / 64  # one fp32 scale per block of 64 weights
 ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq, fp32
 GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """What a training method's memory depends on, in the terms of the module docstring."""
+
+    name: str
+    trainable: Literal["all", "lora"]  # every weight, or LoRA adapters on every block linear layer
+    base: Literal["dtype", "nf4"]  # weights in the weight dtype, or block linear layers in 4-bit NF4
+
+
+FULL = MemoryModel("full", trainable="all", base="dtype")
+LORA = MemoryModel("lora", trainable="lora", base="dtype")
+QLORA = MemoryModel("qlora", trainable="lora", base="nf4")
+MEMORY_MODELS = {m.name: m for m in (FULL, LORA, QLORA)}
+METHODS = tuple(MEMORY_MODELS)
 
 
 @dataclass(frozen=True)
@@ -109,9 +125,15 @@ class ArchShape:
         return sum(r + (a if dropout else 0) for a, _ in self.linear_shapes())
 
 
-def _check(method: str, dtype: str, seq_len: int, batch: int, lora_r: int, attention: str) -> None:
-    if method not in METHODS:
+def _memory_model(method: str | MemoryModel) -> MemoryModel:
+    if isinstance(method, MemoryModel):
+        return method
+    if method not in MEMORY_MODELS:
         raise TunelabError(f"unknown method '{method}' for a memory estimate; use one of {', '.join(METHODS)}")
+    return MEMORY_MODELS[method]
+
+
+def _check(dtype: str, seq_len: int, batch: int, lora_r: int, attention: str) -> None:
     if dtype not in DTYPE_BYTES:
         raise TunelabError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPE_BYTES)}")
     if attention not in ("sdpa", "eager"):
@@ -123,7 +145,7 @@ def _check(method: str, dtype: str, seq_len: int, batch: int, lora_r: int, atten
 def estimate_training_memory(
     n_params: int | None,
     arch: ArchShape | Mapping[str, Any],
-    method: str = "lora",
+    method: str | MemoryModel = "lora",
     seq_len: int = 512,
     batch: int = 8,
     lora_r: int = 16,
@@ -134,27 +156,30 @@ def estimate_training_memory(
 ) -> dict[str, Any]:
     """Peak training memory by component, in bytes and GiB (see the module docstring for the formulas).
 
-    n_params: the exact parameter count if known (None: estimated from the shape). dtype: the weight
-    dtype for full/lora, the compute dtype for qlora; activations are kept in it.
+    n_params: the exact parameter count if known (None: estimated from the shape). method: a memory
+    model or its name. dtype: the weight dtype for full/lora, the compute dtype for qlora; activations
+    are kept in it.
     """
-    _check(method, dtype, seq_len, batch, lora_r, attention)
+    model = _memory_model(method)
+    _check(dtype, seq_len, batch, lora_r, attention)
+    full = model.trainable == "all"
     shape = arch if isinstance(arch, ArchShape) else ArchShape.from_config(arch)
     n = int(n_params) if n_params else shape.estimated_params()
     wbytes = DTYPE_BYTES[dtype]
     tokens = seq_len * batch
     linear = min(shape.block_linear_params(), n)
-    lora = shape.lora_params(lora_r) if method != "full" else 0
+    lora = shape.lora_params(lora_r) if not full else 0
 
-    if method == "qlora":
+    if model.base == "nf4":
         weights = linear * (NF4_BYTES + NF4_ABSMAX_BYTES) + (n - linear) * 4
     else:
         weights = n * wbytes
-    trainable = n if method == "full" else lora
-    gradients = n * wbytes if method == "full" else lora * 4
+    trainable = n if full else lora
+    gradients = n * wbytes if full else lora * 4
     optimizer = trainable * ADAMW_STATE_BYTES
 
     per_layer = shape.activation_elems_per_token(seq_len, attention)
-    if method != "full":
+    if not full:
         per_layer += shape.lora_activation_elems_per_token(lora_r, dropout=lora_dropout > 0)
     if gradient_checkpointing:
         layer_elems = shape.num_hidden_layers * shape.hidden_size + per_layer
@@ -174,14 +199,14 @@ def estimate_training_memory(
     }
     total = sum(parts.values())
     return {
-        "method": method,
+        "method": model.name,
         "dtype": dtype,
         "seq_len": seq_len,
         "batch": batch,
-        "lora_r": lora_r if method != "full" else None,
+        "lora_r": lora_r if not full else None,
         "attention": attention,
         "gradient_checkpointing": gradient_checkpointing,
-        "lora_dropout": lora_dropout if method != "full" else None,
+        "lora_dropout": lora_dropout if not full else None,
         "n_params": n,
         "trainable_params": trainable,
         "bytes": {k: int(v) for k, v in parts.items()} | {"total": int(total)},
@@ -197,7 +222,10 @@ def estimate_training_memory(
 
 def estimate_all_methods(
     n_params: int | None, arch: ArchShape | Mapping[str, Any], seq_len: int = 512, batch: int = 8,
-    lora_r: int = 16, dtype: str = "float32",
+    lora_r: int = 16, dtype: str = "float32", models: Mapping[str, MemoryModel] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """`estimate_training_memory` for full, lora and qlora with the same settings."""
-    return {m: estimate_training_memory(n_params, arch, m, seq_len, batch, lora_r, dtype) for m in METHODS}
+    """`estimate_training_memory` for each of `models` (by the name to report it under; default: full,
+    lora and qlora) with the same settings."""
+    models = MEMORY_MODELS if models is None else models
+    return {name: estimate_training_memory(n_params, arch, m, seq_len, batch, lora_r, dtype)
+            for name, m in models.items()}

@@ -1,9 +1,14 @@
 """Fine-tuning methods, picked by name: full, lora, dora, qlora, ia3, prompt, prefix.
 
-Each method says how the base model is loaded (qlora: 4-bit NF4 through bitsandbytes, which trains on
-CPU as well as CUDA since bitsandbytes 0.49), how it is adapted (PEFT 0.21 for everything but full),
-which micro-batch layout it can use (PEFT's prompt and prefix tuning drop position ids, so they cannot
-train on packed rows), and whether the result is saved as a PEFT adapter or as a whole model.
+Each method's registry entry (`METHODS`) holds every fact the other stages read about it, so a new method
+is one entry here (plus its test; tests/train/test_methods.py checks the entries are complete and that
+config.MethodConfig accepts exactly these names): how the base model is loaded (qlora: 4-bit NF4 through
+bitsandbytes, which trains on CPU as well as CUDA since bitsandbytes 0.49) and in which dtype, how it is
+adapted (PEFT 0.21 for everything but full), which micro-batch layout it can use (PEFT's prompt and
+prefix tuning drop position ids, so they cannot train on packed rows), whether the result is saved as a
+PEFT adapter or as a whole model and whether it can be merged into plain weights, which settings make two
+adapters the same shape (stages.py), its memory model (models/memory.py) and its suggested learning
+rate (plan.py).
 
 "all-linear" target modules are resolved here, per architecture, to the names of the Linear layers
 inside the decoder (the output layer excluded), so the resolved list is recorded in the run summary.
@@ -14,13 +19,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import MethodConfig
 from ..errors import TunelabError
+from ..models.memory import FULL, LORA, QLORA, MemoryModel
 
 # PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model; the
 # FutureWarning is about PEFT's code, not the user's, and would print on every training run.
@@ -33,8 +38,14 @@ class Method:
     summary: str
     adapter: bool  # saved as a PEFT adapter (else the whole model in safetensors)
     packing: bool  # can train on packed rows (position ids restart per example)
-    quantized: bool
+    quantized: bool  # the base's linear layers load in 4-bit NF4 (which FSDP cannot shard)
     apply: Callable[[nn.Module, MethodConfig], nn.Module]
+    lora_family: bool  # LoRA adapters (method.r, method.alpha) on the resolved target modules
+    shape_keys: tuple[str, ...]  # the settings that make two adapters the same shape (one can continue the other)
+    mergeable: bool  # the result is, or merges into, plain weights (a soft prompt or prefix does not)
+    auto_dtype: str | None  # the weight dtype when model.dtype is auto (None: the loader's default)
+    memory: MemoryModel | None  # its training-memory model (None: not estimated)
+    suggest_lr: Callable[[int], tuple[float, str]]  # (lr, reason) for a model of n parameters
 
 
 # -- target modules -----------------------------------------------------------------------------------
@@ -155,17 +166,55 @@ def _full(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     return model
 
 
+# -- suggested learning rates (rules of thumb, see plan.py) -------------------------------------------
+
+
+def _full_lr(n_params: int) -> tuple[float, str]:
+    lr = 2e-5 if n_params < 1e9 else 1e-5 if n_params < 7e9 else 5e-6
+    return lr, f"full fine-tuning of a {n_params / 1e6:,.0f}M-parameter model: {lr:g} keeps it from " \
+               "forgetting what it knew (larger models want smaller steps)"
+
+
+def _lora_lr(n_params: int) -> tuple[float, str]:
+    lr = 2e-4 if n_params <= 13e9 else 1e-4
+    return lr, f"LoRA-family adapters train well at {lr:g} for a {n_params / 1e6:,.0f}M-parameter model " \
+               "(QLoRA paper: 2e-4 up to 13B, 1e-4 above)"
+
+
+def _fixed_lr(lr: float, reason: str) -> Callable[[int], tuple[float, str]]:
+    return lambda _n_params: (lr, reason)
+
+
+_LORA_SHAPE = ("r", "alpha", "target_modules")
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("full", "every weight trained; saved as a whole model", False, True, False, _full),
-        Method("lora", "low-rank adapters on the linear layers", True, True, False, _lora),
+        Method("full", "every weight trained; saved as a whole model", False, True, False, _full,
+               lora_family=False, shape_keys=(), mergeable=True,
+               auto_dtype="float32",  # full fine-tuning keeps fp32 master weights; autocast does the fast math
+               memory=FULL, suggest_lr=_full_lr),
+        Method("lora", "low-rank adapters on the linear layers", True, True, False, _lora,
+               lora_family=True, shape_keys=_LORA_SHAPE, mergeable=True, auto_dtype=None, memory=LORA,
+               suggest_lr=_lora_lr),
         Method("dora", "weight-decomposed LoRA (magnitude + direction)", True, True, False,
-               lambda model, cfg: _lora(model, cfg, dora=True)),
-        Method("qlora", "LoRA on a 4-bit NF4 base (bitsandbytes)", True, True, True, _qlora),
-        Method("ia3", "learned rescaling vectors on keys, values and FFN", True, True, False, _ia3),
-        Method("prompt", "a trained soft prompt prepended to every input", True, False, False, _prompt),
-        Method("prefix", "trained key/value prefixes in every layer", True, False, False, _prefix),
+               lambda model, cfg: _lora(model, cfg, dora=True),
+               lora_family=True, shape_keys=_LORA_SHAPE, mergeable=True, auto_dtype=None, memory=None,
+               suggest_lr=_lora_lr),
+        Method("qlora", "LoRA on a 4-bit NF4 base (bitsandbytes)", True, True, True, _qlora,
+               lora_family=True, shape_keys=_LORA_SHAPE, mergeable=True, auto_dtype=None, memory=QLORA,
+               suggest_lr=_lora_lr),
+        Method("ia3", "learned rescaling vectors on keys, values and FFN", True, True, False, _ia3,
+               lora_family=False, shape_keys=("target_modules",), mergeable=True, auto_dtype=None, memory=None,
+               suggest_lr=_fixed_lr(3e-3, "IA3 scaling vectors need a high lr (IA3 paper: 3e-3)")),
+        Method("prompt", "a trained soft prompt prepended to every input", True, False, False, _prompt,
+               lora_family=False, shape_keys=("num_virtual_tokens",), mergeable=False, auto_dtype=None,
+               memory=None, suggest_lr=_fixed_lr(3e-2, "soft prompts need a very high lr (PEFT prompt-tuning "
+                                                       "examples: 3e-2)")),
+        Method("prefix", "trained key/value prefixes in every layer", True, False, False, _prefix,
+               lora_family=False, shape_keys=("num_virtual_tokens",), mergeable=False, auto_dtype=None,
+               memory=None, suggest_lr=_fixed_lr(1e-2, "prefix parameters need a high lr (PEFT prefix-tuning "
+                                                       "examples: 1e-2)")),
     )
 }
 
@@ -183,33 +232,6 @@ def virtual_tokens(model: nn.Module) -> int:
     if peft_cfg is not None and str(getattr(peft_cfg, "peft_type", "")).endswith("PROMPT_TUNING"):
         return int(peft_cfg.num_virtual_tokens)
     return 0
-
-
-# -- loading ------------------------------------------------------------------------------------------
-
-
-def quantization_config() -> Any:
-    """4-bit NF4 with fp32 compute (bf16 compute only pays where bf16 matmuls do)."""
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except ImportError as exc:
-        raise TunelabError(
-            "method qlora needs bitsandbytes (0.49 or later, which runs 4-bit on CPU too): "
-            "pip install 'bitsandbytes>=0.49'"
-        ) from exc
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32,
-    )
-
-
-def load_quantized(path: str, device: str) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization_config(), device_map=device)
 
 
 # -- parameters ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ machine's memory), the expected time measured by a short micro-benchmark on this
 learning rate / LoRA rank / epochs derived from the data size and model size, each with its reasoning.
 
 The suggestions are rules of thumb from published practice, stated as such:
+The rules per method live in each method's registry entry (methods.py):
 - LoRA-family lr 2e-4 up to ~13B parameters, 1e-4 above (QLoRA paper: 2e-4 for 7B/13B, 1e-4 for
   33B/65B); IA3 3e-3 (IA3 paper); soft prompts 3e-2 and prefixes 1e-2 (PEFT's examples); full
   fine-tuning 2e-5 below 1B, 1e-5 to 7B, 5e-6 above (the usual SFT recipes).
@@ -21,6 +22,7 @@ import time
 from typing import Any
 
 from .loop import LoopSetup
+from .methods import METHODS, get_method
 
 
 def _total_memory_bytes() -> int | None:
@@ -32,20 +34,8 @@ def _total_memory_bytes() -> int | None:
 
 def suggest(method: str, n_params: int, n_examples: int, loss_tokens: int) -> dict[str, Any]:
     """Suggested lr, rank and epochs with the reasoning behind each."""
-    if method in ("lora", "dora", "qlora"):
-        lr = 2e-4 if n_params <= 13e9 else 1e-4
-        lr_why = f"LoRA-family adapters train well at {lr:g} for a {n_params / 1e6:,.0f}M-parameter model " \
-                 "(QLoRA paper: 2e-4 up to 13B, 1e-4 above)"
-    elif method == "ia3":
-        lr, lr_why = 3e-3, "IA3 scaling vectors need a high lr (IA3 paper: 3e-3)"
-    elif method == "prompt":
-        lr, lr_why = 3e-2, "soft prompts need a very high lr (PEFT prompt-tuning examples: 3e-2)"
-    elif method == "prefix":
-        lr, lr_why = 1e-2, "prefix parameters need a high lr (PEFT prefix-tuning examples: 1e-2)"
-    else:
-        lr = 2e-5 if n_params < 1e9 else 1e-5 if n_params < 7e9 else 5e-6
-        lr_why = f"full fine-tuning of a {n_params / 1e6:,.0f}M-parameter model: {lr:g} keeps it from " \
-                 "forgetting what it knew (larger models want smaller steps)"
+    entry = get_method(method)
+    lr, lr_why = entry.suggest_lr(n_params)
     rank = 8 if loss_tokens < 50_000 else 16 if loss_tokens < 500_000 else 32 if loss_tokens < 5_000_000 else 64
     rank_why = f"{loss_tokens:,} supervised tokens: rank {rank} (8 under 50k, 16 under 500k, 32 under 5M, " \
                "64 above); a small set is fitted by a small rank and overfits a large one"
@@ -53,18 +43,20 @@ def suggest(method: str, n_params: int, n_examples: int, loss_tokens: int) -> di
     epochs_why = f"{n_examples:,} examples: {epochs} epoch(s) (small sets need repeats, large ones one pass); " \
                  "set train.early_stopping_patience to stop when the validation loss turns up"
     out = {"lr": lr, "lr_reason": lr_why, "epochs": epochs, "epochs_reason": epochs_why}
-    if method in ("lora", "dora", "qlora"):
+    if entry.lora_family:
         out |= {"r": rank, "alpha": 2 * rank, "r_reason": rank_why + "; alpha = 2 x r keeps the LoRA scale at 2"}
     return out
 
 
 def memory_estimates(model_config: dict[str, Any], n_params: int, seq_len: int, batch: int, r: int,
                      dtype: str) -> dict[str, Any]:
-    """Estimated peak training memory per method (tunelab.models.memory) and whether it fits here."""
+    """Estimated peak training memory per method that has a memory model (tunelab.models.memory) and
+    whether it fits here."""
     try:
         from ..models.memory import estimate_all_methods
+        models = {name: m.memory for name, m in METHODS.items() if m.memory is not None}
         estimates = estimate_all_methods(n_params, model_config, seq_len=seq_len, batch=batch, lora_r=r,
-                                         dtype=dtype)
+                                         dtype=dtype, models=models)
     except Exception as exc:  # an architecture the estimator does not know: say so, do not fail the plan
         return {"error": f"no memory estimate: {exc}"}
     available = _total_memory_bytes()
@@ -135,7 +127,7 @@ def build_plan(setup: LoopSetup, *, method: str, n_params: int, trainable: int, 
         # Evaluation is a forward pass only: about a third of a training step's work per token.
         seconds = tokens_total / tps + evals * val_tokens / (3 * tps) if tps else None
         plan["measured_tokens_per_s"] = round(tps, 1)
-        plan["expected_seconds"] = round(seconds, 1) if seconds is not None else None
+        plan["expected_seconds"] = float(f"{seconds:.3g}") if seconds is not None else None  # tiny runs: not 0
         plan["time_basis"] = "2 timed micro-batches of the longest examples on this machine (forward + backward)"
     return plan
 

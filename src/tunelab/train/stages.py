@@ -59,18 +59,18 @@ from typing import Any
 from ..config import ExperimentConfig, MethodConfig, StageConfig, save_resolved
 from ..errors import TunelabError
 from ..io import atomic_dir, read_jsonl, write_json, write_jsonl
+from ..models.loading import merge_adapter
+from .artifacts import save_artifacts
 from .checkpoint import describe_differences, latest_checkpoint
 from .distributed import Dist
 from .methods import get_method
+from .setup import load_tokenizer_for, prepare_data
+from .single import TrainResult, train_one
 
 DONE = ("completed", "early_stopped")
 STAGES = "stages"
 STAGE_FILE = "stage.json"
 MERGED = "merged"
-# The method settings that make two adapters the same shape (so one can continue the other).
-SHAPE_KEYS = {"lora": ("r", "alpha", "target_modules"), "dora": ("r", "alpha", "target_modules"),
-              "qlora": ("r", "alpha", "target_modules"), "ia3": ("target_modules",),
-              "prompt": ("num_virtual_tokens",), "prefix": ("num_virtual_tokens",), "full": ()}
 
 
 @dataclass
@@ -86,7 +86,8 @@ class StagePlan:
 
 
 def same_adapter(a: MethodConfig, b: MethodConfig) -> bool:
-    return a.name == b.name and all(getattr(a, k) == getattr(b, k) for k in SHAPE_KEYS[a.name])
+    """Same method and shape (the method's shape keys, methods.py), so b can continue a's adapter."""
+    return a.name == b.name and all(getattr(a, k) == getattr(b, k) for k in get_method(a.name).shape_keys)
 
 
 def plan_stages(config: ExperimentConfig) -> tuple[list[StagePlan], str]:
@@ -100,11 +101,11 @@ def plan_stages(config: ExperimentConfig) -> tuple[list[StagePlan], str]:
             start = "base"
         else:
             prev = config.stages[i - 1].method
-            if prev.name == "full":
+            if not get_method(prev.name).adapter:
                 start, on_base = "full", False
             elif same_adapter(prev, stage.method):
                 start = "continue"
-            elif prev.name in ("prompt", "prefix"):
+            elif not get_method(prev.name).mergeable:
                 raise TunelabError(
                     f"stages[{i}] ({name}): a {prev.name}-tuning stage cannot be followed by a different method "
                     f"({stage.method.name}): its soft prompt cannot be merged into the weights; use the same "
@@ -114,7 +115,7 @@ def plan_stages(config: ExperimentConfig) -> tuple[list[StagePlan], str]:
         plans.append(StagePlan(i, name, stage, start))
     last = config.stages[-1].method
     final = "adapter" if get_method(last.name).adapter and on_base else "full"
-    if final == "full" and last.name in ("prompt", "prefix"):
+    if final == "full" and not get_method(last.name).mergeable:
         raise TunelabError(
             f"stages[{len(plans) - 1}] ({plans[-1].name}): a final {last.name}-tuning stage on top of an earlier "
             "stage's merged or full weights cannot be merged into a loadable model; use a LoRA-family method "
@@ -143,7 +144,6 @@ def _identity(cfg: ExperimentConfig, upstream: str | None, base_model: str) -> t
 
 def _dataset_hash(cfg: ExperimentConfig) -> str:
     from .mixture import mixture_hash
-    from .run import prepare_data
 
     data_dir = Path(cfg.run_dir) / "data"
     if cfg.mixture:
@@ -181,18 +181,8 @@ def _completed(cfg: ExperimentConfig, identity: str, sections: dict[str, Any], d
     return True
 
 
-def merge_into_base(base: str, adapter_dir: Path, tokenizer) -> Any:
-    """The adapter merged into an unquantized fp32 copy of its base (PEFT merge_and_unload)."""
-    from peft import PeftModel
-
-    from ..models.loading import load_model
-
-    model = load_model(base, dtype="float32", device="cpu")
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-
-
 def _save_merged(base: str, adapter_dir: Path, tokenizer, out_dir: Path) -> None:
-    merged = merge_into_base(base, adapter_dir, tokenizer)
+    merged = merge_adapter(base, adapter_dir)
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -250,8 +240,6 @@ def run_stages(config: ExperimentConfig, *, resume: bool = False, dry_run: bool 
                progress: bool = True, dist: Dist | None = None):
     """Train every stage in order into <run_dir>/stages/, then write the final artifact, lineage.json,
     summary.json and train_log.jsonl into <run_dir>; see the module docstring."""
-    from .run import TrainResult, load_tokenizer_for, train_one
-
     started = time.perf_counter()
     plans, final_kind = plan_stages(config)
     run_dir = Path(config.run_dir)
@@ -335,8 +323,6 @@ def run_stages(config: ExperimentConfig, *, resume: bool = False, dry_run: bool 
 
 def _final_artifact(config: ExperimentConfig, last: tuple[StagePlan, ExperimentConfig] | None,
                     final_kind: str) -> dict[str, Any]:
-    from .run import load_tokenizer_for, save_artifacts
-
     assert last is not None
     plan, cfg = last
     stage_dir = Path(cfg.run_dir)
@@ -347,7 +333,7 @@ def _final_artifact(config: ExperimentConfig, last: tuple[StagePlan, ExperimentC
         _copy_artifact(stage_dir, files, Path(config.run_dir))
         return {"kind": kind, "path": str(config.run_dir), "files": files, "from_stage": plan.dirname}
     tokenizer = load_tokenizer_for(cfg)
-    merged = merge_into_base(cfg.model.name, stage_dir, tokenizer)
+    merged = merge_adapter(cfg.model.name, stage_dir)
     artifact = save_artifacts(Path(config.run_dir), merged, tokenizer, adapter=False)
     return {**artifact, "from_stage": plan.dirname, "merged_adapter": True}
 
