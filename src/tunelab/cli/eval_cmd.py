@@ -85,6 +85,11 @@ def evaluate(
         raise TunelabError("nothing to evaluate: give --data FILE and/or --benchmark NAMES (or --adapter with --baseline)")
     if judge and data is None:
         raise TunelabError("--judge scores generated answers: give --data FILE")
+    if out is not None:  # a folder that is not an earlier `eval --out` is refused before any work
+        from ..evaluate.runner import OUTPUT_KIND
+        from ..io import claim_output_dir
+
+        claim_output_dir(out, OUTPUT_KIND, [p for p in (data, adapter) if p is not None])
     judge_backend = None
     if judge:  # a bad spec fails before a model is loaded
         judge_backend = _judge_backend(judge, judge_cache, no_judge_cache, judge_concurrency, judge_timeout,

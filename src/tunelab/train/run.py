@@ -41,7 +41,7 @@ import torch
 
 from ..config import DataConfig, ExperimentConfig, save_resolved
 from ..errors import TunelabError
-from ..io import write_json, write_jsonl, write_text
+from ..io import claim_output_dir, write_json, write_jsonl, write_text
 from . import distributed, fast_lora
 from .artifacts import save_artifacts, weights_digest
 from .batching import Layout
@@ -67,6 +67,7 @@ __all__ = ["TrainResult", "build_model", "load_tokenizer_for", "prepare_data", "
            "save_artifacts", "train_one", "weights_digest"]
 
 Callback = Callable[[dict[str, Any]], None]
+OUTPUT_KIND = "run"  # the marker kind of a run directory: `tunelab train` and `tunelab run` share it
 
 
 @dataclass
@@ -517,6 +518,8 @@ def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False
     stage) as a dict.
     """
     dist = setup_distributed(config.model.device)
+    if dist is None or dist.is_main:  # one process checks and marks it: the others would see its temp files
+        claim_output_dir(config.run_dir, OUTPUT_KIND)
     if config.stages:
         from .stages import run_stages
 

@@ -193,7 +193,7 @@ def merge_into_base(base: str, adapter_dir: Path, tokenizer) -> Any:
 
 def _save_merged(base: str, adapter_dir: Path, tokenizer, out_dir: Path) -> None:
     merged = merge_into_base(base, adapter_dir, tokenizer)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind=MERGED) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
