@@ -518,8 +518,11 @@ def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False
     stage) as a dict.
     """
     dist = setup_distributed(config.model.device)
-    if dist is None or dist.is_main:  # one process checks and marks it: the others would see its temp files
-        claim_output_dir(config.run_dir, OUTPUT_KIND)
+    # rank 0 checks and marks the run directory; the others wait for it, so none writes into a folder
+    # that is refused (and none sees rank 0's temporary marker file as a stranger's)
+    with dist.main_first() if dist is not None else contextlib.nullcontext():
+        if dist is None or dist.is_main:
+            claim_output_dir(config.run_dir, OUTPUT_KIND)
     if config.stages:
         from .stages import run_stages
 
