@@ -4,6 +4,11 @@ A crash or Ctrl-C never leaves a half-written output: every file is written to a
 the same directory and renamed over the target (rename is atomic on POSIX). Whole output directories
 are built in a temporary sibling and renamed into place, so a reader sees the old directory or the
 new one, never a mix.
+
+A command replaces or writes into a directory only when it is empty, missing, or tunelab's own output of
+the same kind: every output directory carries a small marker, `.tunelab-output.json` ({"kind": ...}),
+and `check_output_dir` refuses anything else, so `--out` naming a user's folder (or the folder holding
+the command's own input) fails with an error and touches nothing.
 """
 
 from __future__ import annotations
@@ -84,18 +89,101 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+OUTPUT_MARKER = ".tunelab-output.json"
+
+
+def output_kind(path: str | os.PathLike) -> str | None:
+    """The kind of tunelab output a directory holds (its marker's "kind"), None when it has no valid marker."""
+    try:
+        marker = json.loads((Path(path) / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = marker.get("kind") if isinstance(marker, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Raise TunelabError unless `path` may be replaced by (or written into as) an output of `kind`: it is
+    missing, an empty directory, or a directory whose marker says it is a `kind` output. None of `inputs`
+    (the command's input files or directories) may lie inside it, since replacing it would delete them."""
+    from .errors import TunelabError
+
+    target = Path(path)
+    resolved = target.resolve()
+    for item in inputs:
+        if _inside(Path(item).resolve(), resolved):
+            raise TunelabError(f"the input {item} lies inside the output directory {target}, which this command "
+                               "replaces or writes into: write the output somewhere else (nothing was changed)")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise TunelabError(f"the output {target} exists and is not a directory; choose another output path "
+                           "(nothing was changed)")
+    if not any(target.iterdir()):
+        return
+    found = output_kind(target)
+    if found == kind:
+        return
+    if found is None:
+        raise TunelabError(f"the output directory {target} holds files tunelab did not write (it has no "
+                           f"{OUTPUT_MARKER}), so it is not replaced: choose another output directory, or "
+                           "move its files away (nothing was changed)")
+    raise TunelabError(f"the output directory {target} holds tunelab output of another kind ({found}, not "
+                       f"{kind}), so it is not replaced: choose another output directory (nothing was changed)")
+
+
+def mark_output_dir(directory: str | os.PathLike, kind: str) -> None:
+    """Mark a directory as tunelab's own `kind` output. Only for one known to be ours (atomic_dir and
+    claim_output_dir mark what they write; a cache written before markers existed is adopted this way)."""
+    write_json(Path(directory) / OUTPUT_MARKER, {"kind": kind, "written_by": "tunelab"})
+
+
+def claim_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """For a directory a command writes into over time (a training run, `eval --out`): check it as
+    check_output_dir does, create it and mark it as a `kind` output. Returns the directory."""
+    target = Path(path)
+    check_output_dir(target, kind, inputs)
+    target.mkdir(parents=True, exist_ok=True)
+    if output_kind(target) != kind:
+        mark_output_dir(target, kind)
+    return target
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+def claimed_output_dir(path: str | os.PathLike, kind: str,
+                       inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """claim_output_dir for the length of a block; if the block fails and the directory did not exist
+    before, it is removed again when it holds nothing but the marker (a failed command leaves nothing)."""
+    target = Path(path)
+    existed = target.exists()
+    claim_output_dir(target, kind, inputs)
+    try:
+        yield target
+    except BaseException:
+        if not existed and [p.name for p in target.iterdir()] == [OUTPUT_MARKER]:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, kind: str, inputs: Iterable[str | os.PathLike] = (),
+               overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` when the block succeeds.
 
-    An existing `path` is kept untouched until the new one is complete; with overwrite=False an
-    existing non-empty directory is an error instead (nothing a user made is silently replaced).
+    An existing `path` is kept untouched until the new one is complete, and is replaced only when
+    check_output_dir allows it for `kind` (checked before the block and again before the swap); the new
+    directory is marked as a `kind` output. With overwrite=False any existing non-empty directory is an
+    error instead.
     """
     from .errors import TunelabError
 
     target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise TunelabError(f"{target} exists and is not a directory")
+    inputs = list(inputs)
+    check_output_dir(target, kind, inputs)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise TunelabError(f"{target} already exists and is not empty; pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +191,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        mark_output_dir(tmp, kind)
+        check_output_dir(target, kind, inputs)  # it may have changed while the block ran
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

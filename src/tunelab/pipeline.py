@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import ExperimentConfig, save_resolved
 from .errors import TunelabError
-from .io import write_json
+from .io import check_output_dir, claim_output_dir, write_json
 
 KEY_FILE = "pipeline-key.json"
 DONE = ("completed", "early_stopped")
@@ -58,6 +58,7 @@ def train_key(config: ExperimentConfig, dataset_hash: str) -> str:
 def _train_status(run_dir: Path, key: str) -> str:
     """'done' (finished with this key), 'resume' (interrupted with this key), 'fresh' (nothing usable)."""
     from .train.checkpoint import latest_checkpoint
+    from .train.run import OUTPUT_KIND
 
     if not run_dir.exists():
         return "fresh"
@@ -67,6 +68,7 @@ def _train_status(run_dir: Path, key: str) -> str:
         stored = None
     if stored != key:
         if any(run_dir.iterdir()):
+            check_output_dir(run_dir, OUTPUT_KIND)  # only a run of ours is moved aside, never a user's folder
             aside = run_dir.with_name(f"{run_dir.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}")
             shutil.move(str(run_dir), aside)
         return "fresh"
@@ -82,6 +84,7 @@ def _train_status(run_dir: Path, key: str) -> str:
 def _train_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker: Any, progress: bool,
                stage: Callable[[str], None]) -> dict[str, Any]:
     from .compare.variants import training_config
+    from .train.run import OUTPUT_KIND
 
     tcfg = training_config(config, model)
     run_dir = Path(tcfg.run_dir)
@@ -89,7 +92,7 @@ def _train_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker:
     status = _train_status(run_dir, key)
     if status == "done":
         return {"step": f"train {model}", "status": "cached", "run_dir": str(run_dir)}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(run_dir, OUTPUT_KIND)
     write_json(run_dir / KEY_FILE, {"key": key})  # first: an interrupted run is recognised as ours
     stage(f"train: {config.method.name} {config.train.objective} on {model}"
           + (" (resuming from the last checkpoint)" if status == "resume" else ""))
@@ -127,7 +130,7 @@ def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = Fals
             raise Interrupted(f"training was interrupted; a checkpoint is saved in {result.run_dir}: run the same "
                               "command again to resume it (tunelab train: add --resume)")
         for path in sorted(Path(result.run_dir).iterdir()):
-            if path.is_file() and path.name != KEY_FILE:
+            if path.is_file() and path.name != KEY_FILE and not path.name.startswith("."):  # not the marker
                 tr.log_artifact(path, artifact_path="model")
     return result
 
@@ -150,13 +153,12 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
     from .compare import run as compare_run
     from .compare.variants import models_of
     from .track import Tracker
-    from .train.run import prepare_dataset
+    from .train.run import OUTPUT_KIND, prepare_dataset
 
     check_benchmark_paths(config)  # before any work: a misspelt name is a config error, not a late failure
     stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = claim_output_dir(config.run_dir, OUTPUT_KIND)  # the experiment dir: a run dir too
     save_resolved(config, run_dir)
     tracker = tracker or Tracker.from_config(config)
     result = PipelineResult(run_dir)

@@ -36,7 +36,8 @@ def test_build_search_and_recall(corpus: Path, tmp_path: Path, minilm, questions
     assert sorted(result.files_added) == sorted(p.name for p in corpus.iterdir())
     assert result.chunks == result.chunks_embedded == len(spy) == 8
     assert "Parking > Permits\nStaff car parking permits" in "\n".join(spy)  # heading path is embedded too
-    assert {f.name for f in out.iterdir()} == {"manifest.json", "chunks.jsonl", "vectors.npy", "index.faiss"}
+    assert {f.name for f in out.iterdir()} == {"manifest.json", "chunks.jsonl", "vectors.npy", "index.faiss",
+                                               ".tunelab-output.json"}  # the marker: a rag-index output
 
     vectors = np.load(out / "vectors.npy")
     assert vectors.shape == (8, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
@@ -136,7 +137,7 @@ def test_errors_leave_user_files_alone(corpus: Path, tmp_path: Path, minilm):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(TunelabError, match="not a tunelab RAG index"):
+    with pytest.raises(TunelabError, match="holds files tunelab did not write"):
         build_index(corpus, mine, RagConfig(), embedder=minilm)
     assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
 

@@ -150,7 +150,7 @@ def test_output_never_replaces_what_synth_did_not_write(server, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("precious")
-    with pytest.raises(TunelabError, match="not a `tunelab data synth` output"):
+    with pytest.raises(TunelabError, match="holds files tunelab did not write"):
         run(config(server, tmp_path), mine)
     assert (mine / "notes.txt").read_text() == "precious"
     with pytest.raises(TunelabError, match="overlap"):

@@ -143,7 +143,8 @@ def test_keep_last_and_atomic_checkpoints(make_config):
     kept = list_checkpoints(config.run_dir)
     assert [p.name for p in kept] == ["step-0000004", "step-0000005"]
     for path in kept:
-        assert {f.name for f in path.iterdir()} == {"trainable.safetensors", "state.pt", "state.json"}
+        assert {f.name for f in path.iterdir()} == {"trainable.safetensors", "state.pt", "state.json",
+                                                    ".tunelab-output.json"}  # the marker: a checkpoint
     leftovers = [p for p in (config.run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
     assert not leftovers
 

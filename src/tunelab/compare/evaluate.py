@@ -21,10 +21,11 @@ from typing import Any
 from ..config import ExperimentConfig
 from ..data.records import Record
 from ..errors import TunelabError
-from ..io import write_json, write_jsonl
+from ..io import atomic_dir, write_json, write_jsonl
 from .variants import Variant, stable_hash, training_config, weights_hash
 
 KEY_FILE = "key.json"
+OUTPUT_KIND = "variant"  # the marker kind of <run_dir>/eval/<variant id> (tunelab.io.atomic_dir)
 
 
 @dataclass
@@ -179,10 +180,12 @@ def evaluate_variant(config: ExperimentConfig, variant: Variant, model: Any, tok
     summary["variant"] = {"id": variant.id, "label": variant.label, "model": variant.model, "kind": variant.kind,
                           "rag": variant.rag, "weights": str(variant.weights) if variant.weights else None}
     summary["files"] = {"predictions": "predictions.jsonl", "summary": "summary.json"}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_dir / "predictions.jsonl", rows)
-    write_json(out_dir / "summary.json", summary)
-    write_json(out_dir / KEY_FILE, key)  # last: a cache entry counts only once everything is on disk
+    # predictions, summary and key are one set: written into a temporary directory that replaces the old
+    # one whole, so a failure part way keeps the previous set and never pairs an old key with new rows
+    with atomic_dir(out_dir, kind=OUTPUT_KIND) as tmp:
+        write_jsonl(tmp / "predictions.jsonl", rows)
+        write_json(tmp / "summary.json", summary)
+        write_json(tmp / KEY_FILE, key)  # last: a cache entry counts only once everything is on disk
     return VariantResult(variant, summary, rows, out_dir, cached=False, seconds=time.perf_counter() - start)
 
 

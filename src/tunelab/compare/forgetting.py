@@ -51,6 +51,8 @@ def run_checks(config: ExperimentConfig, variants: list[Variant],
                 continue
         stage(f"forgetting check: {v.label} vs its base on {', '.join(names)} ({limit} items each)")
         model, tokenizer = _load(config, v.model, v.weights)
+        # the old key goes first: a failure part way must not leave it vouching for new files
+        (out_dir / "key.json").unlink(missing_ok=True)
         result = run_baseline(model, tokenizer, names, limit=limit, batch_size=max(config.eval.batch_size, 16),
                               paths=paths, out_dir=out_dir)
         write_json(out_dir / "key.json", {"hash": key})

@@ -18,13 +18,14 @@ from typing import Any
 from ..config import ExperimentConfig
 from ..data.records import Record
 from ..errors import TunelabError
-from ..io import write_json, write_text
+from ..io import atomic_dir, write_json, write_text
 from .comparison import Comparison
 from .evaluate import Retrieval, VariantResult, evaluate_matrix
 from .table import build_comparison, to_csv, to_markdown
 from .variants import Variant, build_matrix, file_hash, rag_enabled, stable_hash
 
 RETRIEVAL_KS = (1, 3, 5)
+OUTPUT_KIND = "compare"  # the marker kind of <run_dir>/compare (tunelab.io.atomic_dir)
 
 
 @dataclass
@@ -172,21 +173,24 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
         comparison.extra["forgetting"] = forgetting
         comparison.reading += _forgetting_sentences(forgetting)
     out_dir = Path(config.run_dir) / "compare"
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {"markdown": str(out_dir / "table.md"), "csv": str(out_dir / "table.csv"),
              "json": str(out_dir / "comparison.json"), "report": str(out_dir / "report.html")}
-    write_text(out_dir / "table.md", to_markdown(comparison))
-    write_text(out_dir / "table.csv", to_csv(comparison))
-    write_json(out_dir / "comparison.json", comparison.to_dict())
-    stage("report: writing the HTML report")
     from .report import write_report
 
     train_logs = {r.variant.label: _train_log(r.variant.weights) for r in results
                   if r.variant.tuned and not r.variant.rag and r.variant.weights is not None}
-    write_report(out_dir / "report.html", comparison, title=f"tunelab comparison: {config.name}",
-                 train_logs={k: v for k, v in train_logs.items() if v}, samples=_samples(results),
-                 config=config.resolved(), meta={"eval set": data_name, "questions": comparison.n,
-                                                 "models": ", ".join(dict.fromkeys(v.model for v in variants))})
+    meta = {"eval set": data_name, "questions": comparison.n,
+            "models": ", ".join(dict.fromkeys(v.model for v in variants))}
+    # the four files are one set: built in a temporary directory that replaces the old set whole, so a
+    # failure part way leaves the previous table, CSV, JSON and report together, never a mix
+    with atomic_dir(out_dir, kind=OUTPUT_KIND) as tmp:
+        write_text(tmp / "table.md", to_markdown(comparison))
+        write_text(tmp / "table.csv", to_csv(comparison))
+        write_json(tmp / "comparison.json", comparison.to_dict())
+        stage("report: writing the HTML report")
+        write_report(tmp / "report.html", comparison, title=f"tunelab comparison: {config.name}",
+                     train_logs={k: v for k, v in train_logs.items() if v}, samples=_samples(results),
+                     config=config.resolved(), meta=meta)
     return CompareResult(out_dir, comparison, results, files, time.perf_counter() - start,
                          cached=[r.variant.id for r in results if r.cached])
 

@@ -26,12 +26,13 @@ from typing import Any
 
 from ..config import DataConfig
 from ..errors import TunelabError
-from ..io import atomic_dir, write_json, write_jsonl
+from ..io import atomic_dir, check_output_dir, write_json, write_jsonl
 from .inputs import expand_inputs
 from .records import Record
 
 SPLIT_ORDER = ("train", "validation", "test", "eval")
 MANIFEST = "manifest.json"
+OUTPUT_KIND = "prepare"  # the marker kind of a prepared dataset directory (tunelab.io.check_output_dir)
 
 
 @dataclass
@@ -84,6 +85,8 @@ def run(
     out_dir = Path(out_dir)
     if not config.train:
         raise TunelabError("no input files: give at least one INPUT (or data.train in the config)")
+    inputs = [*config.train, *([config.eval] if config.eval else [])]
+    check_output_dir(out_dir, OUTPUT_KIND, inputs)  # before the work: a refused --out costs nothing
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -211,7 +214,7 @@ def run(
 
     stage("writing")
     files: list[Path] = []
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind=OUTPUT_KIND, inputs=inputs) as tmp:
         for name, rows in split_rows.items():
             write_jsonl(tmp / f"{name}.jsonl", rows)
             files.append(out_dir / f"{name}.jsonl")

@@ -107,6 +107,20 @@ def run(
     """Evaluate `model` (with `adapter`) as `settings` says; see the module docstring."""
     stage = on_stage or (lambda _s: None)
     _check(settings, adapter)
+    if out is None:
+        return _evaluate(model, settings, adapter, None, labels, label_mode, benchmark_dir, device, stage)
+    from ..io import claimed_output_dir
+    from .runner import OUTPUT_KIND
+
+    # a folder that is not an earlier `eval --out` is refused before any work; one this run created is
+    # removed again if the run fails, so a failure leaves no output behind
+    with claimed_output_dir(out, OUTPUT_KIND, [p for p in (settings.data, adapter) if p is not None]):
+        return _evaluate(model, settings, adapter, out, labels, label_mode, benchmark_dir, device, stage)
+
+
+def _evaluate(model: str, settings: EvalConfig, adapter: Path | None, out: Path | None,
+              labels: Sequence[str] | None, label_mode: str, benchmark_dir: Path | None, device: str,
+              stage: Callable[[str], None]) -> EvalRun:
     backend = None
     if settings.judge is not None:  # a judge that cannot be built fails before a model is loaded
         from .judge import judge_backend

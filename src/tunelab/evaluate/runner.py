@@ -30,6 +30,7 @@ from .metrics import CLASSIFICATION_METRICS, MetricInputs, MetricValue, resolve
 
 PREDICTIONS_FILE = "predictions.jsonl"
 SUMMARY_FILE = "summary.json"
+OUTPUT_KIND = "eval"  # the marker kind of a `tunelab eval --out` directory (tunelab.io.claim_output_dir)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from .convert import SAVE_DTYPES, StageCallback, convert_gguf
 log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "tunelab-model.json"
+CACHE_KIND = "model"  # the marker kind of a converted model in the cache (tunelab.io.atomic_dir)
 CACHE_FORMAT = 1  # bump when the cache layout changes; older caches are then re-pulled
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "*.txt", "README.md"]
@@ -204,7 +205,9 @@ def _convert_into_cache(ref: ModelRef, target: Path, dtype: str, on_stage: Stage
         else:
             assert ref.path is not None
             gguf = ref.path
-        with io.atomic_dir(target) as tmp:
+        if read_provenance(target) is not None and io.output_kind(target) is None:
+            io.mark_output_dir(target, CACHE_KIND)  # converted by a tunelab from before the markers
+        with io.atomic_dir(target, kind=CACHE_KIND) as tmp:
             facts = convert_gguf(gguf, tmp, dtype=dtype, on_stage=on_stage)
             io.write_json(tmp / PROVENANCE_FILE, _provenance(ref, gguf, facts))
             _make_readable(tmp)

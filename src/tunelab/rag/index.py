@@ -35,11 +35,12 @@ from ..config import RagConfig
 from ..documents.chunk import CHUNKER_VERSION, Chunk, chunk_documents
 from ..documents.ingest import INGEST_VERSION, Skipped, ingest
 from ..errors import TunelabError
-from ..io import atomic_dir, read_jsonl, write_json, write_jsonl
+from ..io import atomic_dir, check_output_dir, read_jsonl, write_json, write_jsonl
 from .embedder import Embedder
 
 INDEX_FORMAT = 1
 MANIFEST_FILE = "manifest.json"
+OUTPUT_KIND = "rag-index"  # the marker kind of an index directory (tunelab.io.check_output_dir)
 CHUNKS_FILE = "chunks.jsonl"
 VECTORS_FILE = "vectors.npy"
 FAISS_FILE = "index.faiss"
@@ -125,14 +126,6 @@ class _Previous:
     problem: str | None = None  # why stored vectors cannot be used
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TunelabError(f"index output {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
-        raise TunelabError(f"{out_dir} is not empty and is not a tunelab RAG index (no {MANIFEST_FILE}); "
-                           "choose a new or empty directory: its files would be replaced")
-
-
 def _load_previous(out_dir: Path) -> _Previous:
     if not (out_dir / MANIFEST_FILE).is_file():
         return _Previous(problem="no previous index")
@@ -175,7 +168,7 @@ def build_index(docs_dir: str | Path, out_dir: str | Path, cfg: RagConfig | None
     cfg = cfg or RagConfig()
     t0 = time.perf_counter()
     docs_dir, out_dir = Path(docs_dir).expanduser(), Path(out_dir).expanduser()
-    _check_out_dir(out_dir)
+    check_output_dir(out_dir, OUTPUT_KIND, [docs_dir])  # before embedding: a refused --out costs nothing
     if not docs_dir.exists():
         raise TunelabError(f"documents directory not found: {docs_dir}")
     if embedder is None or embedder.name != cfg.embedding_model:
@@ -263,7 +256,7 @@ def build_index(docs_dir: str | Path, out_dir: str | Path, cfg: RagConfig | None
         },
         "skipped": [{"path": s.path, "reason": s.reason} for s in ingested.skipped],
     }
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind=OUTPUT_KIND, inputs=[docs_dir]) as tmp:
         write_jsonl(tmp / CHUNKS_FILE, rows)
         np.save(tmp / VECTORS_FILE, vectors, allow_pickle=False)
         faiss.write_index(index, str(tmp / FAISS_FILE))

@@ -44,7 +44,7 @@ from ..config import ExperimentConfig, SynthConfig, TeacherConfig
 from ..documents.chunk import Chunk, chunk_documents
 from ..documents.ingest import ingest
 from ..errors import TunelabError
-from ..io import atomic_dir, write_json, write_jsonl
+from ..io import atomic_dir, check_output_dir, write_json, write_jsonl
 from ..llm.spec import Backend
 from .evalset import TESTS, hold_out, paraphrase
 from .filters import FilterReport, apply_cheap_filters
@@ -53,6 +53,7 @@ from .templates import PromptTemplate, load_template
 
 SYNTH_FORMAT = 1
 MANIFEST = "manifest.json"
+OUTPUT_KIND = "synth"  # the marker kind of a synth output directory (tunelab.io.check_output_dir)
 RECORD_FORMAT = {"chat": "chat", "label": "label", "preference": "preference"}
 
 Progress = Callable[[str, int, int], None]
@@ -99,22 +100,12 @@ def from_experiment(config: ExperimentConfig) -> SynthConfig:
 
 
 def _check_out(out: Path, docs: Path) -> None:
-    """Never replace something that is not an earlier synth output, and never write into the docs."""
+    """Never replace something that is not an earlier synth output, and never write into the docs (the
+    next ingest would read the dataset as documents)."""
     out_r, docs_r = out.resolve(), docs.resolve()
     if out_r == docs_r or docs_r in out_r.parents or out_r in docs_r.parents:
         raise TunelabError(f"output {out} and documents {docs} overlap; write the dataset somewhere else")
-    if out.exists():
-        if not out.is_dir():
-            raise TunelabError(f"output {out} exists and is not a directory")
-        if any(out.iterdir()):
-            try:
-                previous = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-                ours = isinstance(previous, dict) and "tunelab_synth" in previous
-            except (OSError, ValueError):
-                ours = False
-            if not ours:
-                raise TunelabError(f"output {out} exists and is not a `tunelab data synth` output; "
-                                   "choose another --out (nothing was replaced)")
+    check_output_dir(out, OUTPUT_KIND, [docs])
 
 
 def _spread(chunks: list[Chunk], k: int) -> list[Chunk]:
@@ -349,7 +340,7 @@ def _run(config: SynthConfig, out_dir: str | Path | None, teacher: Backend, judg
         "next": _next_steps(out, bool(eval_rows), config.eval_set),
     }
     files: list[Path] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind=OUTPUT_KIND, inputs=[config.docs]) as tmp:
         write_jsonl(tmp / "train.jsonl", train_rows)
         files.append(out / "train.jsonl")
         if eval_rows:

@@ -172,7 +172,7 @@ def save_checkpoint(
     shards, the optimizer state then keyed by parameter name)."""
     target = checkpoint_dir(run_dir, state.step)
     plain_rng, tensor_rng = rng_state()
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, kind="checkpoint") as tmp:
         save_file({n: t.contiguous() for n, t in weights.items()} if weights is not None else _tensors(params),
                   str(tmp / "trainable.safetensors"))
         if best is not None:

@@ -24,15 +24,20 @@ processes launched together on one machine share its cores.
 
 from __future__ import annotations
 
+import contextlib
+
 from ..config import ExperimentConfig
+from ..io import claim_output_dir
 from .artifacts import save_artifacts, weights_digest
 from .distributed import setup as setup_distributed
 from .setup import build_model, load_tokenizer_for, precision_for, prepare_data, prepare_dataset
 from .single import Callback, TrainResult, train_one
 from .stages import run_stages
 
-__all__ = ["TrainResult", "build_model", "load_tokenizer_for", "precision_for", "prepare_data", "prepare_dataset",
-           "run", "save_artifacts", "train_one", "weights_digest"]
+__all__ = ["OUTPUT_KIND", "TrainResult", "build_model", "load_tokenizer_for", "precision_for", "prepare_data",
+           "prepare_dataset", "run", "save_artifacts", "train_one", "weights_digest"]
+
+OUTPUT_KIND = "run"  # the marker kind of a run directory: `tunelab train` and `tunelab run` share it
 
 
 def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False,
@@ -46,6 +51,11 @@ def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False
     stage) as a dict.
     """
     dist = setup_distributed(config.model.device)
+    # rank 0 checks and marks the run directory; the others wait for it, so none writes into a folder
+    # that is refused (and none sees rank 0's temporary marker file as a stranger's)
+    with dist.main_first() if dist is not None else contextlib.nullcontext():
+        if dist is None or dist.is_main:
+            claim_output_dir(config.run_dir, OUTPUT_KIND)
     if config.stages:
         return run_stages(config, resume=resume, dry_run=dry_run, callback=callback, progress=progress, dist=dist)
     return train_one(config, resume=resume, dry_run=dry_run, callback=callback, progress=progress, dist=dist)

@@ -183,7 +183,7 @@ def _completed(cfg: ExperimentConfig, identity: str, sections: dict[str, Any], d
 
 def _save_merged(base: str, adapter_dir: Path, tokenizer, out_dir: Path) -> None:
     merged = merge_adapter(base, adapter_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind=MERGED) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
