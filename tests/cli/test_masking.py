@@ -36,6 +36,17 @@ def test_config_error_on_the_terminal_is_masked(tmp_path):
     assert PASSWORD not in result.stderr and PASSWORD not in result.stdout
 
 
+def test_config_show_masks_the_password_and_keeps_the_rest(tmp_path):
+    config = {"name": "x", "model": {"name": "m"}, "data": {"train": "t.jsonl"},
+              "eval": {"judge": {"spec": f"openai:judge@{URL}"}}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for args in (["config", "show", str(path)], ["config", "show", str(path), "--json"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "openai:judge@http://alice:***@judge.example.com/v1" in result.stdout and PASSWORD not in result.stdout
+
+
 def test_an_unexpected_error_prints_its_traceback_masked():
     demo = typer.Typer()
 
