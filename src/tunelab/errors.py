@@ -9,11 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .secrets import redact_text
+
 
 class TunelabError(Exception):
-    """An error caused by the user's input or environment; the message says what to do."""
+    """An error caused by the user's input or environment; the message says what to do.
+
+    The message is masked when the error is made (tunelab.secrets): it often quotes a backend spec, a
+    URL or a server's reply, and whoever prints, logs or records it then never sees a secret."""
 
     exit_code = 2
+
+    def __init__(self, *args: object):
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ A command replaces or writes into a directory only when it is empty, missing, or
 the same kind: every output directory carries a small marker, `.tunelab-output.json` ({"kind": ...}),
 and `check_output_dir` refuses anything else, so `--out` naming a user's folder (or the folder holding
 the command's own input) fails with an error and touches nothing.
+
+Every file written through write_text / write_json / write_jsonl passes the secret redactor on the way
+(tunelab.secrets): passwords in URLs, API keys and tokens (by shape, by key, and the values of the
+environment variables and backends that hold them) become "***" at the one place where anything is
+written, so no stage has to remember to mask what it writes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .secrets import Redactor
 
 
 def _umask() -> int:
@@ -59,25 +66,37 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise
 
 
+def _json_default(redactor: Redactor):
+    # objects json cannot encode (datetimes, numpy scalars) are written as their text, masked like any text
+    return lambda obj: redactor.text(str(obj))
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` atomically, secrets masked."""
+    clean = Redactor().text(text)
     with atomic_open(path) as fh:
-        fh.write(text)
+        fh.write(clean)
     return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as indented JSON atomically, secrets masked (by key, shape and known value)."""
+    redactor = Redactor()
+    clean = redactor.value(obj)
     with atomic_open(path) as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
+        json.dump(clean, fh, indent=2, ensure_ascii=False, default=_json_default(redactor))
         fh.write("\n")
     return Path(path)
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Write one JSON object per line; returns the number of rows."""
+    """Write one JSON object per line, secrets masked; returns the number of rows."""
+    redactor = Redactor()
+    default = _json_default(redactor)
     n = 0
     with atomic_open(path) as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, default=str))
+            fh.write(json.dumps(redactor.value(row), ensure_ascii=False, default=default))
             fh.write("\n")
             n += 1
     return n

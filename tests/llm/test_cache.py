@@ -75,6 +75,20 @@ def test_key_covers_backend_messages_and_every_parameter():
         assert base != call_key(ident, conv("a"), {**params, **change}), change
 
 
+def test_key_keeps_host_and_user_but_not_the_password():
+    # the same model on the same host answers the same whatever the credential: a rotated password keeps
+    # the cache, and no key is a hash of a password
+    params = {"temperature": 0.0, "max_tokens": 10, "stop": [], "seed": None, "json_mode": False}
+    urls = ("http://alice:pw-one-1234@h/v1", "http://alice:pw-two-5678@h/v1", "http://bob:pw-one-1234@h/v1",
+            "http://alice:pw-one-1234@other/v1")
+    keys = [call_key(OpenAIBackend("m", url).identity(), conv("a"), params) for url in urls]
+    assert keys[0] == keys[1] and len(set(keys)) == 3
+    # a backend from elsewhere that puts a credential in its identity is masked too
+    ident = {"kind": "custom", "model": "m", "api_key": "inline-credential-1"}
+    other = {**ident, "api_key": "inline-credential-2"}
+    assert call_key(ident, conv("a"), params) == call_key(other, conv("a"), params)
+
+
 def test_a_broken_cache_file_is_a_miss_and_is_rewritten(echo, tmp_path):
     backend = cached(echo, tmp_path)
     backend.complete([conv("q")])

@@ -59,6 +59,27 @@ def test_api_key_is_sent_as_bearer_and_never_shown(server, monkeypatch, tmp_path
             assert secret not in f.read_text()
 
 
+def test_a_password_in_the_url_is_used_and_never_shown(server, monkeypatch, tmp_path, Reply):
+    from tunelab import secrets
+
+    monkeypatch.setattr(secrets, "_REGISTERED", set())
+    odd = "odd-shaped-credential-3141"  # in a variable whose name says nothing: masked once the backend read it
+    monkeypatch.setenv("TUNELAB_ODD_CRED", odd)
+    url = server.base_url.replace("http://", "http://alice:S3cretPw-99@")
+    backend = backend_from_spec(f"openai:m@{url}", api_key_env="TUNELAB_ODD_CRED", cache=tmp_path / "cache",
+                                **FAST)
+    refusal = f'{{"error": "key {odd} refused for S3cretPw-99"}}'  # a server quoting what it was sent
+    server.script(Reply(content="fine"), Reply(status=403, raw=refusal))
+    out = backend.complete([conv("a")]) + backend.complete([conv("b")])
+    assert server.requests[0]["headers"]["Authorization"].startswith("Basic ")  # the password is really used
+    shown = server.base_url.replace("http://", "http://alice:***@")
+    assert backend.name == f"openai:m@{shown}" and backend.identity()["base_url"] == shown
+    assert out[1].error.startswith(f"POST {shown}/chat/completions: HTTP 403")
+    assert "key *** refused for ***" in out[1].error
+    for f in (tmp_path / "cache").rglob("*.json"):
+        assert "S3cretPw-99" not in f.read_text() and odd not in f.read_text()
+
+
 def test_no_key_means_no_authorization_header(server, monkeypatch):
     monkeypatch.delenv("TUNELAB_NO_SUCH_KEY", raising=False)
     OpenAIBackend("m", server.base_url, api_key_env="TUNELAB_NO_SUCH_KEY").complete([conv("x")])

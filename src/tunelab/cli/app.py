@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 
 from . import config_cmd, data_cmd, models_cmd, rag_cmd, runs_cmd
+from .common import MaskedStream
 from .eval_cmd import evaluate
 from .quickstart_cmd import quickstart
 from .run_cmd import compare, run
@@ -35,4 +37,6 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Everything this process prints (results, warnings, log lines, progress) passes the secret redactor.
+    sys.stdout, sys.stderr = MaskedStream(sys.stdout), MaskedStream(sys.stderr)
     app()

@@ -8,6 +8,7 @@ import typer
 from rich.syntax import Syntax
 
 from ..config import load_config
+from ..secrets import redact_text
 from .common import JsonOption, emit, handle_errors
 
 app = typer.Typer(help="Validate and show experiment config files.", no_args_is_help=True)
@@ -38,6 +39,7 @@ def show(
     overrides: list[str] = OverrideOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Print the resolved config: defaults filled in, paths made absolute."""
+    """Print the resolved config: defaults filled in, paths made absolute, secrets masked."""
     config = load_config(file, overrides or [])
-    emit(config.resolved(), as_json, lambda c: c.print(Syntax(config.to_yaml(), "yaml", theme="ansi_dark")))
+    text = redact_text(config.to_yaml())
+    emit(config.resolved(), as_json, lambda c: c.print(Syntax(text, "yaml", theme="ansi_dark")))

@@ -75,8 +75,15 @@ def variant_key(config: ExperimentConfig, variant: Variant, records_digest: str,
 
 
 def _judge_identity(config: ExperimentConfig) -> Any:
+    # Masked before it is hashed: a password in the judge's URL does not change the key (the same model on
+    # the same host and user scores the same; a rotated password must not re-judge everything), and key.json
+    # then holds exactly what was hashed, never a hash of a password.
+    from ..secrets import redact
+
     judge = getattr(config.eval, "judge", None)
-    return json.loads(judge.model_dump_json()) if judge is not None and hasattr(judge, "model_dump_json") else judge
+    if judge is None or not hasattr(judge, "model_dump_json"):
+        return judge
+    return redact(json.loads(judge.model_dump_json()))
 
 
 def cached_result(variant: Variant, out_dir: Path, key: dict) -> VariantResult | None:

@@ -14,7 +14,7 @@ resolving and saving a file in loading; the wording of every validation error in
 from .backend import BackendConfig
 from .base import Section
 from .evaluation import CompareConfig, EvalConfig, JudgeConfig, RagConfig, VariantConfig
-from .experiment import ExperimentConfig, ServeConfig, TrackingConfig
+from .experiment import RUN_DIR_KIND, ExperimentConfig, ServeConfig, TrackingConfig
 from .loading import apply_overrides, load_config, parse_override, save_resolved, validate_data
 from .messages import ALIASES, format_error, options_error
 from .synth import SynthConfig, SynthFilterConfig, TeacherConfig
@@ -32,7 +32,7 @@ from .training import (
 )
 
 __all__ = [
-    "ALIASES", "DATA_FIELDS", "BackendConfig", "CleanConfig", "CompareConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
+    "ALIASES", "DATA_FIELDS", "RUN_DIR_KIND", "BackendConfig", "CleanConfig", "CompareConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
     "JudgeConfig", "MethodConfig", "ModelConfig", "RagConfig", "Section", "ServeConfig", "SplitConfig",
     "StageConfig", "SynthConfig", "SynthFilterConfig", "TaskConfig", "TeacherConfig", "TrackingConfig",
     "TrainConfig", "VariantConfig", "apply_overrides", "field_map_errors", "format_error", "load_config", "options_error",

@@ -41,6 +41,9 @@ class ServeConfig(Section):
     port: int = Field(8000, gt=0, lt=65536)
 
 
+RUN_DIR_KIND = "run"  # the marker kind of <workdir>/<name> (tunelab.io): train, run, compare and synth share it
+
+
 class ExperimentConfig(Section):
     name: str = Field(..., min_length=1, description="Experiment name; used for the run directory and tracking.")
     workdir: Path = Field(Path("runs"), description="Where outputs go: <workdir>/<name>/...")

@@ -7,8 +7,11 @@ Layout: one JSON file per call, `<root>/<key[:2]>/<key>.json`, written atomicall
 rename), so a crash leaves either the whole answer or nothing, and concurrent writers of the same
 key cannot corrupt it. The key is the sha256 of the backend's identity (kind, model, base URL or
 adapter weights' hash), the messages and every generation parameter (temperature, max_tokens,
-stop, seed, json_mode). Only successful answers are stored: a failure is retried on the next run.
-A sampled call (temperature > 0) is cached like any other: re-running replays the same sample;
+stop, seed, json_mode). Credentials are not part of it: the identity shows a URL's password as "***"
+and never holds the API key, so two hosts or models never share a key while a rotated key or password
+keeps the cache (the answers do not depend on it), and no file holds a hash of a secret (the files
+themselves are masked by tunelab.io). Only successful answers are stored: a failure is retried on the
+next run. A sampled call (temperature > 0) is cached like any other: re-running replays the same sample;
 change the seed to draw again. A file that cannot be read (truncated by a full disk, edited by hand)
 counts as a miss and is rewritten.
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_json
+from ..secrets import redact
 from .spec import Backend, Completion, Conversation, OnResult
 
 CACHE_FORMAT = 1
@@ -36,7 +40,8 @@ def default_cache_dir() -> Path:
 
 
 def call_key(identity: dict[str, Any], messages: Conversation, params: dict[str, Any]) -> str:
-    payload = {"format": CACHE_FORMAT, "backend": identity, "messages": messages, "params": params}
+    # masked again here for backends registered from outside tunelab, whose identity may hold a credential
+    payload = {"format": CACHE_FORMAT, "backend": redact(identity), "messages": messages, "params": params}
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -20,6 +20,9 @@ Behaviour, and why:
   once instead of each waiting through its retries against a server that is down.
 - The API key is read from an environment variable (default OPENAI_API_KEY) and sent only as the
   Authorization header; it is never part of `name`, `identity()`, an error message or a log line.
+  A password in the base URL (http://user:PASSWORD@host/v1) is sent as Basic auth and likewise shown
+  as "***" in `name`, `identity()` and every message. Both are registered with tunelab.secrets, so
+  they are masked wherever they turn up, even in a server's reply quoted in an error.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import httpx
 
 from ..errors import TunelabError
+from ..secrets import redact_text, register_secret, register_url_secrets
 from .spec import (
     CONNECTION_ERROR,
     HTTP_ERROR,
@@ -108,9 +112,13 @@ class OpenAIBackend:
             raise TunelabError("invalid OpenAI backend settings: " + "; ".join(problems))
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        register_url_secrets(self.base_url)
+        # what names, keys and messages show: the URL with its password masked, host and user kept
+        self.shown_base_url = redact_text(self.base_url)
         if not self.base_url.startswith(("http://", "https://")):
-            raise TunelabError(f"base URL '{self.base_url}' must start with http:// or https://")
+            raise TunelabError(f"base URL '{self.shown_base_url}' must start with http:// or https://")
         self.url = f"{self.base_url}/chat/completions"
+        self.shown_url = f"{self.shown_base_url}/chat/completions"
         self.api_key_env = api_key_env
         self.concurrency = concurrency
         self.timeout_s = timeout_s
@@ -118,10 +126,11 @@ class OpenAIBackend:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.breaker = breaker
-        self.name = f"openai:{model}@{self.base_url}"
+        self.name = f"openai:{model}@{self.shown_base_url}"
         self.json_mode_supported = True
         self.token_limit_param = "max_tokens"
         key = os.environ.get(api_key_env) if api_key_env else None
+        register_secret(key)  # whatever the variable's name, its value is masked wherever it turns up
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._has_key = bool(key)
         self._client = httpx.Client(headers=headers, timeout=timeout_s, transport=transport)
@@ -133,7 +142,11 @@ class OpenAIBackend:
         return f"OpenAIBackend({self.name!r}, key from ${self.api_key_env}: {'set' if self._has_key else 'unset'})"
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": self.model, "base_url": self.base_url}
+        # The password is masked here, so call-cache keys do not depend on it: the same model on the same
+        # host (and user) answers the same whatever the credential, a rotated password keeps the cache,
+        # and no hash of a password is stored. The API key was never part of the identity, for the same
+        # reasons.
+        return {"kind": self.kind, "model": self.model, "base_url": self.shown_base_url}
 
     def close(self) -> None:
         self._client.close()
@@ -194,8 +207,8 @@ class OpenAIBackend:
             if self._connect_failures >= self.breaker:
                 return Completion.failure(
                     CONNECTION_ERROR,
-                    f"not sent: {self._connect_failures} requests in a row could not connect to {self.url}"
-                    + (f" (last: {last})" if last else ""),
+                    f"not sent: {self._connect_failures} requests in a row could not connect to {self.shown_url}"
+                    + (f" (last: {redact_text(str(last))})" if last else ""),
                     time.perf_counter() - start, attempt,
                 )
             attempt += 1
@@ -221,7 +234,8 @@ class OpenAIBackend:
         else:
             self._reached_server()
         return Completion.failure(
-            last.kind, f"POST {self.url} failed after {attempt} attempt(s): {last}", time.perf_counter() - start, attempt
+            last.kind, f"POST {self.shown_url} failed after {attempt} attempt(s): {redact_text(str(last))}",
+            time.perf_counter() - start, attempt
         )
 
     def _reached_server(self) -> None:
@@ -243,7 +257,7 @@ class OpenAIBackend:
             raise _Retryable(CONNECTION_ERROR, f"cannot reach the server ({type(exc).__name__}: {exc})") from None
         status = resp.status_code
         if status == 200:
-            return _parse(resp, self.url)
+            return _parse(resp, self.shown_url)
         excerpt = resp.text[:300].replace("\n", " ")
         if status in (400, 422) and with_format and "response_format" in resp.text:
             # The server does not do JSON mode; ask again without it (not counted as a retry).
@@ -259,8 +273,9 @@ class OpenAIBackend:
         if status in (401, 403):
             hint = f" (the API key comes from ${self.api_key_env}: {'set' if self._has_key else 'not set'})"
         elif status == 404:
-            hint = f" (is {self.base_url} the API base, usually ending in /v1, and is model '{self.model}' served there?)"
-        raise _Final(HTTP_ERROR, f"POST {self.url}: HTTP {status}{hint}: {excerpt}")
+            hint = (f" (is {self.shown_base_url} the API base, usually ending in /v1, and is model "
+                    f"'{self.model}' served there?)")
+        raise _Final(HTTP_ERROR, redact_text(f"POST {self.shown_url}: HTTP {status}{hint}: {excerpt}"))
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

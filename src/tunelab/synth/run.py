@@ -95,7 +95,12 @@ def from_experiment(config: ExperimentConfig) -> SynthConfig:
         raise TunelabError(f"experiment '{config.name}' has no synth section (docs, teacher, ...)")
     synth = config.synth.model_copy(deep=True)
     if synth.out is None:
-        synth.out = Path(config.run_dir) / "synth"
+        from ..config import RUN_DIR_KIND
+        from ..io import claim_output_dir
+
+        # the experiment's run directory, claimed as `tunelab run` and `tunelab train` claim it, so that
+        # they accept it afterwards (and a user's folder in its place is refused here, untouched)
+        synth.out = claim_output_dir(config.run_dir, RUN_DIR_KIND) / "synth"
     return synth
 
 

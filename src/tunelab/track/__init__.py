@@ -34,9 +34,9 @@ An exception inside the block ends the run FAILED (Ctrl-C: KILLED), with the err
 `tunelab.error`, and propagates. A store that cannot be used raises TunelabError naming its URI.
 
 Secrets never reach the store: params, tags, text artifacts and error messages go through the redactor
-(track/redact.py: `redact(obj)` for nested data, `redact_text`, `redact_file`), which report writers use
-too: `from tunelab.track.redact import redact`. `tunelab runs list|show` read the store back
-(track/query.py).
+(tunelab.secrets, re-exported by track/redact.py: `redact(obj)` for nested data, `redact_text`,
+`redact_file`), which tunelab.io's writers apply to every file too. `tunelab runs list|show` read the
+store back (track/query.py).
 """
 
 from .lineage import git_state, lineage_tags, upstream_of

@@ -433,9 +433,9 @@ class Tracker:
         return tags
 
     def _redactor(self) -> Redactor:
-        from .redact import env_secrets
+        from .redact import known_secrets
 
-        known = env_secrets()
+        known = known_secrets()
         if self.config is not None:
             known += secrets_in(self.config.resolved())
         return Redactor(known)

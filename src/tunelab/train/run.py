@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 
-from ..config import ExperimentConfig
+from ..config import RUN_DIR_KIND, ExperimentConfig
 from ..io import claim_output_dir
 from .artifacts import save_artifacts, weights_digest
 from .distributed import setup as setup_distributed
@@ -37,7 +37,7 @@ from .stages import run_stages
 __all__ = ["OUTPUT_KIND", "TrainResult", "build_model", "load_tokenizer_for", "precision_for", "prepare_data",
            "prepare_dataset", "run", "save_artifacts", "train_one", "weights_digest"]
 
-OUTPUT_KIND = "run"  # the marker kind of a run directory: `tunelab train` and `tunelab run` share it
+OUTPUT_KIND = RUN_DIR_KIND  # the marker kind of a run directory: train, run, compare and synth share it
 
 
 def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False,

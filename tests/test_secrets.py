@@ -1,10 +1,15 @@
-"""Secret redaction: by key, by shape, by known value; and what must be left alone."""
+"""Secret redaction: by key, by shape, by known value (from the environment, registered by whoever read it);
+what must be left alone; and the writers of tunelab.io, which mask everything they write."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tunelab.track.redact import (
+from tunelab import secrets
+from tunelab.io import read_jsonl, write_json, write_jsonl, write_text
+from tunelab.secrets import (
     MASK,
     Redactor,
     env_secrets,
@@ -12,6 +17,8 @@ from tunelab.track.redact import (
     redact,
     redact_file,
     redact_text,
+    register_secret,
+    register_url_secrets,
     secrets_in,
 )
 
@@ -32,6 +39,7 @@ def test_secret_keys(key):
     "api_key_env", "token_env", "password_file", "key", "max_tokens", "max_new_tokens", "tokens",
     "tokens_per_s", "val_loss_tokens", "num_virtual_tokens", "token_f1", "eos_token", "pad_token", "bos_token",
     "keep_last", "tokenizer", "name", "lr", "monkey", "TOKENIZERS_PARALLELISM", "SSH_AUTH_SOCK", 3, None,
+    "answerKey", "answer_key", "cache_key", "sort_key",  # what a value is looked up by, not a credential
 ])
 def test_not_secret_keys(key):
     assert not is_secret_key(key)
@@ -98,6 +106,7 @@ def test_shapes_are_masked_anywhere(text, secret):
     "api_key: null\npassword: ''",
     "hf_hub_disable_progress_bars sk-learn",
     "It needs a basic understanding. Token generation is fast; the bearer remained anonymous.",
+    "HTTP 401 (the API key comes from $OPENAI_API_KEY: set)",  # names the variable, holds no value
 ])
 def test_ordinary_text_is_left_alone(text):
     assert redact_text(text, known=[]) == text
@@ -145,3 +154,49 @@ def test_redact_file_streams_and_keeps_undecodable_bytes(tmp_path):
     clean.write_text("nothing to hide\n")
     assert redact_file(clean, tmp_path / "clean.out", known=[]) is False
     assert (tmp_path / "clean.out").read_text() == "nothing to hide\n"
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A registry of secrets of this test's own (the process-wide one is left as it was)."""
+    monkeypatch.setattr(secrets, "_REGISTERED", set())
+
+
+def test_registered_secrets_are_masked_whatever_their_shape_or_name(registry):
+    value = "no-shape-at-all-4711"
+    assert redact_text(f"server said: {value}") == f"server said: {value}"
+    register_secret(value)
+    register_secret("short")  # too short to mask safely as a bare value (it is masked by shape only)
+    register_url_secrets("openai:m@https://alice:pa%24%24word-99@host.example/v1")
+    assert redact_text(f"server said: {value}, short") == f"server said: {MASK}, short"
+    assert redact_text("quoted pa%24%24word-99 and pa$$word-99") == f"quoted {MASK} and {MASK}"
+    assert redact({"note": value}) == {"note": MASK}
+    assert Redactor(known=[]).text(value) == value  # an explicit list is exactly what it says
+
+
+URL = "openai:judge@http://alice:S3cretPw-42@127.0.0.1:8000/v1"
+SHOWN = "openai:judge@http://alice:***@127.0.0.1:8000/v1"
+
+
+def test_io_writers_mask_what_they_write(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("TUNELAB_TEST_API_KEY", "sk-live-abc123def456ghi789")
+    register_secret("odd-credential-from-an-odd-variable")
+    write_text(tmp_path / "config.resolved.yaml", f"judge:\n  spec: {URL}\n  api_key: inline-value-1\n")
+    write_json(tmp_path / "summary.json", {"judge": URL, "api_key": "inline-value-2", "n": 3,
+                                           "error": "HTTP 401: key odd-credential-from-an-odd-variable refused"})
+    write_jsonl(tmp_path / "predictions.jsonl",
+                [{"judge_model": URL, "reason": "Bearer sk-live-abc123def456ghi789"}])
+    assert (tmp_path / "config.resolved.yaml").read_text() == f"judge:\n  spec: {SHOWN}\n  api_key: {MASK}\n"
+    assert json.loads((tmp_path / "summary.json").read_text()) == {
+        "judge": SHOWN, "api_key": MASK, "n": 3, "error": f"HTTP 401: key {MASK} refused"}
+    assert read_jsonl(tmp_path / "predictions.jsonl") == [{"judge_model": SHOWN, "reason": f"Bearer {MASK}"}]
+
+
+def test_io_writers_leave_data_without_secrets_as_it_is(tmp_path):
+    rows = [{"id": "q1", "question": {"stem": "Which metal?", "choices": [{"text": "iron", "label": "A"}]},
+             "answerKey": "A", "cache_key": "3f2a", "key": "k", "max_tokens": 8, "score": 0.5, "none": None}]
+    write_jsonl(tmp_path / "arc.jsonl", rows)
+    assert read_jsonl(tmp_path / "arc.jsonl") == rows
+    write_json(tmp_path / "key.json", {"hash": "ab" * 32, "path": tmp_path, "dtype": ("a", "b")})
+    assert json.loads((tmp_path / "key.json").read_text()) == {"hash": "ab" * 32, "path": str(tmp_path),
+                                                              "dtype": ["a", "b"]}
