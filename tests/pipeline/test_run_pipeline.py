@@ -72,11 +72,15 @@ def _mlflow_runs(workdir: Path) -> list:
     return client.search_runs([exp.experiment_id])
 
 
+def _without_cached(comparison: dict) -> dict:
+    return comparison | {"rows": [{k: v for k, v in row.items() if k != "cached"} for row in comparison["rows"]]}
+
+
 def test_run_end_to_end_then_cached(experiment):
     runner = CliRunner()
     first = runner.invoke(app, ["run", str(experiment), "--json"])
     assert first.exit_code == 0, first.output
-    out = json.loads(first.stdout.strip().splitlines()[-1])
+    out = json.loads(first.stdout)  # all of stdout: one object
     run_dir = Path(out["run_dir"])
     steps = {s["step"]: s for s in out["steps"]}
     assert steps["prepare"]["status"] == "ran"
@@ -106,12 +110,15 @@ def test_run_end_to_end_then_cached(experiment):
 
     second = runner.invoke(app, ["run", str(experiment), "--json"])
     assert second.exit_code == 0, second.output
-    again = json.loads(second.stdout.strip().splitlines()[-1])
+    again = json.loads(second.stdout)
     steps2 = {s["step"]: s for s in again["steps"]}
     assert steps2["prepare"]["status"] == "cached"
     assert next(s for n, s in steps2.items() if n.startswith("train "))["status"] == "cached"
     assert sorted(again["compare"]["cached_variants"]) == sorted(variants)
-    assert again["compare"]["comparison"]["rows"] == out["compare"]["comparison"]["rows"] or True
+    # the same comparison, read from the cache: rows differ only in saying so
+    assert [r["cached"] for r in out["compare"]["comparison"]["rows"]] == [False] * len(variants)
+    assert [r["cached"] for r in again["compare"]["comparison"]["rows"]] == [True] * len(variants)
+    assert _without_cached(again["compare"]["comparison"]) == _without_cached(out["compare"]["comparison"])
     # only the compare step is logged again: no new prepare/train/eval runs
     assert len(_mlflow_runs(run_dir.parent)) == len(stages) + 1
 
@@ -121,7 +128,7 @@ def test_changed_training_config_retrains_and_keeps_the_old_run(experiment):
     assert runner.invoke(app, ["run", str(experiment), "compare.rag=off", "--json"]).exit_code == 0
     result = runner.invoke(app, ["run", str(experiment), "compare.rag=off", "train.lr=0.005", "--json"])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(result.stdout)
     train_step = next(s for s in out["steps"] if s["step"].startswith("train "))
     assert train_step["status"] == "ran"
     replaced = list(Path(train_step["run_dir"]).parent.glob("*.replaced-*"))
@@ -136,10 +143,10 @@ def test_forgetting_check_joins_the_comparison(experiment):
             "eval.limit=6", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    comparison = json.loads(result.stdout.strip().splitlines()[-1])["compare"]["comparison"]
+    comparison = json.loads(result.stdout)["compare"]["comparison"]
     (rows,) = comparison["forgetting"].values()  # one tuned adapter
     assert [(r["benchmark"], r["metric"], r["n"]) for r in rows] == [("truthfulqa_mc1", "acc", 6)]
     assert any(s.startswith("Forgetting check:") for s in comparison["reading"])
-    run_dir = Path(json.loads(result.stdout.strip().splitlines()[-1])["run_dir"])
+    run_dir = Path(json.loads(result.stdout)["run_dir"])
     assert "<h2>General ability</h2>" in (run_dir / "compare" / "report.html").read_text()
     assert "truthfulqa_mc1" in (run_dir / "compare" / "report.html").read_text()
