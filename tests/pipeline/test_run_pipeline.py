@@ -4,10 +4,12 @@ run exists, and a second run reuses every cached step."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from content_edits import nudge_weights
 from typer.testing import CliRunner
 
 from tunelab.cli.app import app
@@ -41,6 +43,8 @@ def _rows(pairs, with_meta: bool) -> str:
 @pytest.fixture
 def experiment(tmp_path, train_model_dir, monkeypatch) -> Path:
     monkeypatch.setenv("TUNELAB_THREADS", "1")
+    model = tmp_path / "model"
+    shutil.copytree(train_model_dir, model)  # a copy of its own: a test changes its weights
     docs = tmp_path / "docs"
     docs.mkdir()
     for name, text in DOCS.items():
@@ -51,7 +55,7 @@ def experiment(tmp_path, train_model_dir, monkeypatch) -> Path:
     (tmp_path / "eval.jsonl").write_text(_rows(QA[:4], True))
     config = {
         "name": "tiny-exp", "workdir": "runs",
-        "model": {"name": str(train_model_dir)},
+        "model": {"name": str(model)},
         "data": {"train": "train.jsonl", "eval": "eval.jsonl", "split": {"train": 0.8, "validation": 0.2},
                  "dedup": "exact", "max_length": 96},
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
@@ -121,6 +125,15 @@ def test_run_end_to_end_then_cached(experiment):
     assert _without_cached(again["compare"]["comparison"]) == _without_cached(out["compare"]["comparison"])
     # only the compare step is logged again: no new prepare/train/eval runs
     assert len(_mlflow_runs(run_dir.parent)) == len(stages) + 1
+
+    # the base model's weights change in place (same path, old mtime): training and every variant rerun
+    nudge_weights(experiment.parent / "model")
+    third = runner.invoke(app, ["run", str(experiment), "--json"])
+    assert third.exit_code == 0, third.output
+    steps3 = {s["step"]: s for s in json.loads(third.stdout)["steps"]}
+    assert steps3["prepare"]["status"] == "cached"
+    assert next(s for n, s in steps3.items() if n.startswith("train "))["status"] == "ran"
+    assert json.loads(third.stdout)["compare"]["cached_variants"] == []
 
 
 def test_changed_training_config_retrains_and_keeps_the_old_run(experiment):

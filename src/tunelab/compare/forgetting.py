@@ -3,7 +3,9 @@ ability, on the benchmarks of `eval.benchmarks` (default hellaswag + truthfulqa_
 `eval.baseline` is set), with its adapter off and on, on the same loaded weights and the same items.
 
 Runs when `eval.baseline` is true or `eval.benchmarks` is non-empty; cached per adapter under
-`<run_dir>/eval/<model>--<kind>--forgetting/` by the weights' content, the benchmarks and the limit.
+`<run_dir>/eval/<model>--<kind>--forgetting/` under a key of the adapter's and the base model's content,
+the chat template's text, device kind and dtype, each benchmark's data file by content, the limit and
+the batch size (scores move with padding).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from ..config import ExperimentConfig
 from ..io import write_json
-from .variants import Variant, slug, stable_hash, weights_hash
+from .variants import Variant, model_identity, slug, stable_hash, weights_hash
 
 
 def wanted(config: ExperimentConfig) -> bool:
@@ -37,7 +39,8 @@ def run_checks(config: ExperimentConfig, variants: list[Variant],
         if v.rag or not _is_adapter(v.weights):
             continue  # retrieval does not change the weights; full models have no adapter to switch off
         out_dir = Path(config.run_dir) / "eval" / f"{slug(v.model)}--{slug(v.kind)}--forgetting"
-        key = stable_hash({"weights": weights_hash(v.weights), "benchmarks": names, "limit": limit})
+        batch_size = max(config.eval.batch_size, 16)
+        key = check_key(config, v, names, limit, batch_size)
         cached = out_dir / "baseline.json"
         if cached.is_file() and (out_dir / "key.json").is_file():
             if json.loads((out_dir / "key.json").read_text()).get("hash") == key:
@@ -45,9 +48,20 @@ def run_checks(config: ExperimentConfig, variants: list[Variant],
                 continue
         stage(f"forgetting check: {v.label} vs its base on {', '.join(names)} ({limit} items each)")
         model, tokenizer = _load(config, v.model, v.weights)
-        result = run_baseline(model, tokenizer, names, limit=limit, batch_size=max(config.eval.batch_size, 16),
-                              out_dir=out_dir)
+        result = run_baseline(model, tokenizer, names, limit=limit, batch_size=batch_size, out_dir=out_dir)
         write_json(out_dir / "key.json", {"hash": key})
         out[v.label] = result["changes"]
         del model
     return out
+
+
+def check_key(config: ExperimentConfig, variant: Variant, names: list[str], limit: int, batch_size: int) -> str:
+    """The cache key of one adapter's check: everything its scores depend on, by content (module doc)."""
+    from ..digest import file_digest
+    from ..evaluate.benchmarks.registry import find_data_file, get_benchmark
+    from .evaluate import _device
+
+    benchmarks = {name: file_digest(find_data_file(get_benchmark(name))) for name in names}
+    return stable_hash({"weights": weights_hash(variant.weights),
+                        **model_identity(config, variant.model, _device(config)),
+                        "benchmarks": benchmarks, "limit": limit, "batch_size": batch_size})
