@@ -1,7 +1,7 @@
 """The main job, `tunelab run CONFIG`: prepare -> train each model -> evaluate the matrix -> compare -> report.
 
 Every step is skipped when its inputs have not changed, so a second run costs only the checks:
-- prepare: reused while the data options and input files are unchanged (train.run.prepare_dataset);
+- prepare: reused while the data options and the input files' content are unchanged (train.run.prepare_dataset);
 - train: one run directory per model, `<run_dir>/train/<model>`; skipped when it holds a finished run
   whose key matches (train_key: the training config, the dataset hash, the content of every input file
   and of the base model, the chat template's text, device kind, dtype and precision); resumed from its last
