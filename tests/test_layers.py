@@ -32,7 +32,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 #   training's generation eval, retrieval metrics), so it sits below them.
 LAYERS: list[tuple[str, ...]] = [
     # base: import nothing of tunelab but each other (noise.py, third-party log filters, is new on main)
-    ("errors", "io", "paths", "noise", "secrets"),
+    ("errors", "io", "paths", "noise", "secrets", "digest"),
     ("models", "documents"),  # shared services on models and on documents
     ("llm",),  # LLM backends for the judge and the teacher
     ("config",),  # the experiment schema

@@ -1,9 +1,10 @@
 """The main job, `tunelab run CONFIG`: prepare -> train each model -> evaluate the matrix -> compare -> report.
 
 Every step is skipped when its inputs have not changed, so a second run costs only the checks:
-- prepare: reused while the data options and input files are unchanged (train.run.prepare_dataset);
+- prepare: reused while the data options and the input files' content are unchanged (train.run.prepare_dataset);
 - train: one run directory per model, `<run_dir>/train/<model>`; skipped when it holds a finished run
-  whose key (the model/data/method/train config and the dataset hash) matches; resumed from its last
+  whose key matches (train_key: the training config, the dataset hash, the content of every input file
+  and of the base model, the chat template's text, device kind, dtype and precision); resumed from its last
   checkpoint when an interrupted run with the same key is there; a run made with another key is moved
   aside to `<model>.replaced-<time>` (never deleted) and training starts over;
 - eval: each variant's predictions are cached under a key of everything they depend on (compare.evaluate);
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,10 +51,29 @@ class PipelineResult:
 
 
 def train_key(config: ExperimentConfig, dataset_hash: str) -> str:
-    from .compare.variants import stable_hash
+    """Everything a trained model depends on, by content: the training config, the prepared dataset's
+    hash, every input file named anywhere in it (stages and mixture tasks included), the base model's
+    files, the chat template's text, and the device kind, dtype and precision it trains with here."""
+    import torch
+
+    from .compare.variants import model_identity, stable_hash
+    from .digest import paths_digest
+    from .models.loading import resolve_device
+    from .train.run import precision_for
 
     sections = [s for s in ("model", "data", "method", "train", "stages", "mixture") if s in config.resolved()]
-    return stable_hash({"config": config.fingerprint(*sections), "dataset": dataset_hash})
+    identity = model_identity(config, config.model.name, config.model.device)
+    with warnings.catch_warnings():  # only the name is wanted here, not precision_for's scaler notes
+        warnings.simplefilter("ignore")
+        precision = precision_for(config.train.precision, torch.device(resolve_device(config.model.device)))[0]
+    return stable_hash({"config": config.fingerprint(*sections), "dataset": dataset_hash,
+                        "inputs": paths_digest(_input_paths(config)), **identity, "precision": precision})
+
+
+def _input_paths(config: ExperimentConfig) -> list[Path | None]:
+    datas = [config.data] + [stage.data for stage in config.stages]
+    tasks = config.mixture + [task for stage in config.stages for task in stage.mixture]
+    return [p for d in datas for p in [*d.train, d.eval]] + [p for t in tasks for p in t.data]
 
 
 def _train_status(run_dir: Path, key: str) -> str:

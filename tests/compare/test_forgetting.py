@@ -12,7 +12,7 @@ from tunelab.config import ExperimentConfig
 SLICE = Path(__file__).parents[1] / "evaluate" / "benchmark_slices" / "truthfulqa_mc.jsonl"
 
 
-def test_named_data_file_is_used_and_a_changed_one_reruns_the_check(tmp_path, monkeypatch):
+def test_named_data_file_is_used_and_a_changed_one_reruns_the_check(tmp_path, monkeypatch, tiny_model_dir):
     data = tmp_path / "tqa.jsonl"
     data.write_text("".join(SLICE.read_text().splitlines(keepends=True)[:4]))
     adapter = tmp_path / "adapter"
@@ -20,7 +20,7 @@ def test_named_data_file_is_used_and_a_changed_one_reruns_the_check(tmp_path, mo
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
     config = ExperimentConfig.model_validate({
-        "name": "f", "workdir": str(tmp_path / "runs"),
+        "name": "f", "workdir": str(tmp_path / "runs"), "model": {"name": str(tiny_model_dir)},
         "eval": {"benchmarks": ["truthfulqa_mc1"], "benchmark_paths": {"truthfulqa_mc1": str(data)}, "limit": 2},
     })
     calls = []
@@ -34,7 +34,8 @@ def test_named_data_file_is_used_and_a_changed_one_reruns_the_check(tmp_path, mo
 
     monkeypatch.setattr("tunelab.evaluate.baseline.run_baseline", fake_baseline)
     monkeypatch.setattr("tunelab.compare.evaluate._load", lambda config, model, weights: ("model", "tokenizer"))
-    variants = [Variant("tiny", "tuned", False, adapter), Variant("tiny", "tuned", True, adapter)]
+    base = str(tiny_model_dir)  # the key covers the base model's content too
+    variants = [Variant(base, "tuned", False, adapter), Variant(base, "tuned", True, adapter)]
     first = forgetting.run_checks(config, variants, lambda _s: None)
     assert calls == [{"truthfulqa_mc1": data}]  # once: retrieval does not change the weights
     assert forgetting.run_checks(config, variants, lambda _s: None) == first and len(calls) == 1  # reused

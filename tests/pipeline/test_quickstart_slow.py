@@ -21,7 +21,7 @@ def test_quickstart_on_the_bundled_model(tmp_path, monkeypatch):
     args = ["quickstart", "--json"] + [x for o in overrides for x in ("--set", o)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(result.stdout)  # all of stdout: one object
     assert [s["step"] for s in out["steps"]][:3] == ["pull smollm2-135m-instruct", "prepare", "train smollm2-135m-instruct"]
     rows = out["compare"]["comparison"]["rows"]
     assert [r["variant"] for r in rows] == ["smollm2-135m-instruct base", "smollm2-135m-instruct base + RAG",

@@ -4,10 +4,12 @@ run exists, and a second run reuses every cached step."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from content_edits import nudge_weights
 from typer.testing import CliRunner
 
 from tunelab.cli.app import app
@@ -41,6 +43,8 @@ def _rows(pairs, with_meta: bool) -> str:
 @pytest.fixture
 def experiment(tmp_path, train_model_dir, monkeypatch) -> Path:
     monkeypatch.setenv("TUNELAB_THREADS", "1")
+    model = tmp_path / "model"
+    shutil.copytree(train_model_dir, model)  # a copy of its own: a test changes its weights
     docs = tmp_path / "docs"
     docs.mkdir()
     for name, text in DOCS.items():
@@ -51,7 +55,7 @@ def experiment(tmp_path, train_model_dir, monkeypatch) -> Path:
     (tmp_path / "eval.jsonl").write_text(_rows(QA[:4], True))
     config = {
         "name": "tiny-exp", "workdir": "runs",
-        "model": {"name": str(train_model_dir)},
+        "model": {"name": str(model)},
         "data": {"train": "train.jsonl", "eval": "eval.jsonl", "split": {"train": 0.8, "validation": 0.2},
                  "dedup": "exact", "max_length": 96},
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
@@ -72,11 +76,15 @@ def _mlflow_runs(workdir: Path) -> list:
     return client.search_runs([exp.experiment_id])
 
 
+def _without_cached(comparison: dict) -> dict:
+    return comparison | {"rows": [{k: v for k, v in row.items() if k != "cached"} for row in comparison["rows"]]}
+
+
 def test_run_end_to_end_then_cached(experiment):
     runner = CliRunner()
     first = runner.invoke(app, ["run", str(experiment), "--json"])
     assert first.exit_code == 0, first.output
-    out = json.loads(first.stdout.strip().splitlines()[-1])
+    out = json.loads(first.stdout)  # all of stdout: one object
     run_dir = Path(out["run_dir"])
     steps = {s["step"]: s for s in out["steps"]}
     assert steps["prepare"]["status"] == "ran"
@@ -106,14 +114,26 @@ def test_run_end_to_end_then_cached(experiment):
 
     second = runner.invoke(app, ["run", str(experiment), "--json"])
     assert second.exit_code == 0, second.output
-    again = json.loads(second.stdout.strip().splitlines()[-1])
+    again = json.loads(second.stdout)
     steps2 = {s["step"]: s for s in again["steps"]}
     assert steps2["prepare"]["status"] == "cached"
     assert next(s for n, s in steps2.items() if n.startswith("train "))["status"] == "cached"
     assert sorted(again["compare"]["cached_variants"]) == sorted(variants)
-    assert again["compare"]["comparison"]["rows"] == out["compare"]["comparison"]["rows"] or True
+    # the same comparison, read from the cache: rows differ only in saying so
+    assert [r["cached"] for r in out["compare"]["comparison"]["rows"]] == [False] * len(variants)
+    assert [r["cached"] for r in again["compare"]["comparison"]["rows"]] == [True] * len(variants)
+    assert _without_cached(again["compare"]["comparison"]) == _without_cached(out["compare"]["comparison"])
     # only the compare step is logged again: no new prepare/train/eval runs
     assert len(_mlflow_runs(run_dir.parent)) == len(stages) + 1
+
+    # the base model's weights change in place (same path, old mtime): training and every variant rerun
+    nudge_weights(experiment.parent / "model")
+    third = runner.invoke(app, ["run", str(experiment), "--json"])
+    assert third.exit_code == 0, third.output
+    steps3 = {s["step"]: s for s in json.loads(third.stdout)["steps"]}
+    assert steps3["prepare"]["status"] == "cached"
+    assert next(s for n, s in steps3.items() if n.startswith("train "))["status"] == "ran"
+    assert json.loads(third.stdout)["compare"]["cached_variants"] == []
 
 
 def test_changed_training_config_retrains_and_keeps_the_old_run(experiment):
@@ -121,7 +141,7 @@ def test_changed_training_config_retrains_and_keeps_the_old_run(experiment):
     assert runner.invoke(app, ["run", str(experiment), "compare.rag=off", "--json"]).exit_code == 0
     result = runner.invoke(app, ["run", str(experiment), "compare.rag=off", "train.lr=0.005", "--json"])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(result.stdout)
     train_step = next(s for s in out["steps"] if s["step"].startswith("train "))
     assert train_step["status"] == "ran"
     replaced = list(Path(train_step["run_dir"]).parent.glob("*.replaced-*"))
@@ -134,12 +154,12 @@ def test_forgetting_check_joins_the_comparison(experiment):
             f"eval.benchmark_paths.truthfulqa_mc1={slice_file}", "eval.limit=6", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    comparison = json.loads(result.stdout.strip().splitlines()[-1])["compare"]["comparison"]
+    comparison = json.loads(result.stdout)["compare"]["comparison"]
     (rows,) = comparison["forgetting"].values()  # one tuned adapter
     assert [(r["benchmark"], r["metric"], r["n"]) for r in rows] == [("truthfulqa_mc1", "acc", 6)]
     assert any(s.startswith("Forgetting check:") and "95% interval" in s for s in comparison["reading"])
     assert rows[0]["level"] == 0.95 and rows[0]["interval"] == "paired"
-    run_dir = Path(json.loads(result.stdout.strip().splitlines()[-1])["run_dir"])
+    run_dir = Path(json.loads(result.stdout)["run_dir"])
     assert "<h2>General ability</h2>" in (run_dir / "compare" / "report.html").read_text()
     assert "truthfulqa_mc1" in (run_dir / "compare" / "report.html").read_text()
     assert "95% interval (paired)" in (run_dir / "compare" / "report.html").read_text()

@@ -1,8 +1,10 @@
 """Shared CLI plumbing: one way to print results (rich table or --json) and to turn errors into exits.
 
 Every command that produces a result calls `emit`: with --json it prints exactly one JSON object on
-stdout (and nothing else there), otherwise `render` draws it for a person. TunelabError becomes a red
-message on stderr and a non-zero exit, never a traceback.
+stdout (and nothing else there), otherwise `render` draws it for a person. While a --json command works,
+anything else written to stdout goes to stderr instead (see `_stdout_to_stderr`). TunelabError becomes a
+red message on stderr and a non-zero exit, never a traceback.
+
 
 Nothing printed shows a secret (tunelab.secrets): the JSON result is masked, an unexpected error's
 traceback is printed masked, and `main` (app.py) puts both standard streams behind MaskedStream, so
@@ -11,11 +13,13 @@ warnings, log lines and progress displays are masked as well.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import click
@@ -49,11 +53,58 @@ class MaskedStream:
         return getattr(self._stream, item)
 
 
+# The real stdout of the --json command now running, as (stream, duplicate of its descriptor or None).
+_real_stdout: list[tuple[TextIO, int | None]] = []
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send whatever is written to stdout to stderr until the block ends, at both levels: sys.stdout
+    (print, rich) and file descriptor 1 (C extensions, subprocesses). Libraries do write there: MLflow
+    prints "View run ... at: URL" for every run it ends on a server store. `emit` still reaches the real
+    stdout, so a --json command's stdout is its one JSON object."""
+    real = sys.stdout
+    real.flush()
+    try:
+        fd, err_fd = real.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = err_fd = None  # an in-memory stream (a test's runner): no descriptor to move
+    saved = None
+    if fd is not None and err_fd is not None:
+        saved = os.dup(fd)
+        os.dup2(err_fd, fd)
+    _real_stdout.append((real, saved))
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = real
+        _real_stdout.pop()
+        if saved is not None:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _write_stdout(text: str) -> None:
+    if not _real_stdout:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    stream, fd = _real_stdout[-1]
+    if fd is None:
+        stream.write(text)
+        stream.flush()
+        return
+    data = text.encode("utf-8")
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def emit(result: dict[str, Any], as_json: bool, render: Callable[[Console], None] | None = None) -> None:
     if as_json:
         result = Redactor().value(result)
-        sys.stdout.write(json.dumps(result, ensure_ascii=False, default=str) + "\n")
-        sys.stdout.flush()
+        _write_stdout(json.dumps(result, ensure_ascii=False, default=str) + "\n")
     elif render is not None:
         render(console)
     else:
@@ -61,12 +112,14 @@ def emit(result: dict[str, Any], as_json: bool, render: Callable[[Console], None
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Decorator for commands: user errors print cleanly and exit non-zero."""
+    """Decorator for commands: user errors print cleanly and exit non-zero; under --json (a parameter
+    named as_json) stdout holds only what `emit` writes."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _stdout_to_stderr() if kwargs.get("as_json") else contextlib.nullcontext():
+                return fn(*args, **kwargs)
         except TunelabError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None

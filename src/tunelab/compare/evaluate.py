@@ -1,8 +1,9 @@
 """Evaluate every variant of the matrix on one eval set, reusing cached predictions.
 
 Each variant's outputs live in `<run_dir>/eval/<variant id>/` (predictions.jsonl, summary.json and
-key.json). The key hashes everything the predictions depend on: the variant, the content of its weights,
-the eval records, the metrics and generation settings, and for retrieval variants the index content,
+key.json). The key hashes everything the predictions depend on, by content: the variant, its trained
+weights and the base model's files, the chat template's text, the device kind and dtype, the eval
+records, the metrics, generation settings and judge, and for retrieval variants the index content,
 top-k, context budget and prompt version. A variant whose key is unchanged is not evaluated again.
 
 Models load once per (model, weights): the base model answers without and with retrieval, then the
@@ -22,7 +23,7 @@ from ..config import ExperimentConfig
 from ..data.records import Record
 from ..errors import TunelabError
 from ..io import atomic_dir, write_json, write_jsonl
-from .variants import Variant, stable_hash, training_config, weights_hash
+from .variants import Variant, model_identity, stable_hash, training_config, weights_hash
 
 KEY_FILE = "key.json"
 OUTPUT_KIND = "variant"  # the marker kind of <run_dir>/eval/<variant id> (tunelab.io.atomic_dir)
@@ -62,10 +63,10 @@ def variant_key(config: ExperimentConfig, variant: Variant, records_digest: str,
     key: dict[str, Any] = {
         "variant": variant.id,
         "weights": weights_hash(variant.weights),
+        **model_identity(config, variant.model, _device(config)),  # base weights, template text, device, dtype
         "records": records_digest,
         "metrics": sorted(ev.metrics),
         "generation": {"max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size},
-        "chat_template": config.model.chat_template,
         "judge": _judge_identity(config),
     }
     if variant.rag and retrieval is not None:
@@ -83,7 +84,15 @@ def _judge_identity(config: ExperimentConfig) -> Any:
     judge = getattr(config.eval, "judge", None)
     if judge is None or not hasattr(judge, "model_dump_json"):
         return judge
-    return redact(json.loads(judge.model_dump_json()))
+    ident = json.loads(judge.model_dump_json())
+    from ..llm import parse_spec
+
+    spec = parse_spec(judge.spec)
+    if spec.kind == "local":  # its scores depend on the judge model's files, not only on its name
+        from ..llm.local import LocalBackend
+
+        ident["backend"] = LocalBackend(spec.model, spec.adapter).identity()  # as evaluate.judge builds it
+    return redact(ident)
 
 
 def cached_result(variant: Variant, out_dir: Path, key: dict) -> VariantResult | None:

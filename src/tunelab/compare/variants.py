@@ -1,4 +1,4 @@
-"""The comparison matrix: which variants an experiment compares, and the key that caches each one.
+"""The comparison matrix: which variants an experiment compares, and the content hashes its keys use.
 
 A variant is one row of the table: a base model, optionally tuned (a PEFT adapter or a full model
 directory), optionally answering with retrieved context (RAG). The matrix of an experiment is
@@ -14,8 +14,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import ExperimentConfig
+from ..digest import file_digest
 
 
 @dataclass(frozen=True)
@@ -95,16 +97,30 @@ def stable_hash(payload: object) -> str:
 
 
 def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_digest(path)[:16]
+
+
+# What a trained directory's outputs depend on: the weights and the configs that say how to apply them
+# (an adapter's alpha scales its weights without changing them). Logs, summaries and checkpoints are not.
+WEIGHT_FILES = ("*.safetensors", "*.bin", "adapter_config.json", "config.json")
 
 
 def weights_hash(weights: Path | None) -> str | None:
-    """A content hash of an adapter / full-model directory's weight files (None for the base model)."""
+    """A content hash of an adapter / full-model directory's weights and their configs (None for the base)."""
     if weights is None:
         return None
-    files = sorted(list(weights.glob("*.safetensors")) + list(weights.glob("*.bin")))
-    return stable_hash({f.name: file_hash(f) for f in files}) if files else None
+    files = sorted({f for pattern in WEIGHT_FILES for f in weights.glob(pattern) if f.is_file()})
+    return stable_hash({f.name: file_digest(f) for f in files}) if files else None
+
+
+def model_identity(config: ExperimentConfig, model: str, device: str) -> dict[str, Any]:
+    """What a model's outputs depend on besides weights trained on top of it, by content: the base
+    model's files, the chat template's text (config.model.chat_template names a file), and the device
+    kind and dtype it runs with on this machine."""
+    from ..models.loading import runtime_identity
+    from ..models.registry import model_digest
+
+    template = config.model.chat_template
+    return {"base_model": model_digest(model),
+            "chat_template": file_digest(template) if template and Path(template).is_file() else template,
+            **runtime_identity(config.model.dtype, device)}

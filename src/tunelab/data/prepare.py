@@ -71,6 +71,13 @@ def dataset_hash(split_rows: dict[str, list[dict]]) -> str:
     return h.hexdigest()
 
 
+def input_digest(config: DataConfig) -> str:
+    """The content of every input file (directories file by file): what a prepared dataset is reused by."""
+    from ..digest import paths_digest
+
+    return paths_digest([*config.train, config.eval])
+
+
 def run(
     config: DataConfig,
     out_dir: str | Path,
@@ -97,6 +104,7 @@ def run(
         t0 = now
 
     stage("reading and validating")
+    inputs_read = input_digest(config)  # before reading: an input edited meanwhile is prepared again next time
     fmt = config.format
     # A synth output directory stands for its files (inputs.py); the manifest keeps the options as given.
     train_files, eval_file = expand_inputs(list(config.train), config.eval)
@@ -199,6 +207,7 @@ def run(
         "dataset_hash": dataset_hash(split_rows),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": [str(p) for p in train_files] + ([str(eval_file)] if eval_file else []),
+        "input_digest": inputs_read,
         "formats": {**read.formats, **(eval_read.formats if eval_read else {})},
         "rows_in": read.rows_in + (eval_read.rows_in if eval_read else 0),
         "records_valid": len(read.records) + (len(eval_read.records) if eval_read else 0),

@@ -5,13 +5,13 @@
 
 Layout: one JSON file per call, `<root>/<key[:2]>/<key>.json`, written atomically (temporary file +
 rename), so a crash leaves either the whole answer or nothing, and concurrent writers of the same
-key cannot corrupt it. The key is the sha256 of the backend's identity (kind, model, base URL or
-adapter weights' hash), the messages and every generation parameter (temperature, max_tokens,
-stop, seed, json_mode). Credentials are not part of it: the identity shows a URL's password as "***"
-and never holds the API key, so two hosts or models never share a key while a rotated key or password
-keeps the cache (the answers do not depend on it), and no file holds a hash of a secret (the files
-themselves are masked by tunelab.io). Only successful answers are stored: a failure is retried on the
-next run. A sampled call (temperature > 0) is cached like any other: re-running replays the same sample;
+key cannot corrupt it. The key is the sha256 of the backend's identity (kind, model, base URL; for a
+local model the content hash of its files and adapter weights, its dtype and device kind), the messages
+and every generation parameter (temperature, max_tokens, stop, seed, json_mode). Credentials are not part
+of it: the identity shows a URL's password as "***" and never holds the API key, so two hosts or models
+never share a key while a rotated key or password keeps the cache (the answers do not depend on it), and
+no file holds a hash of a secret (the files themselves are masked by tunelab.io). Only successful answers
+are stored: a failure is retried on the next run. A sampled call (temperature > 0) is cached like any other: re-running replays the same sample;
 change the seed to draw again. A file that cannot be read (truncated by a full disk, edited by hand)
 counts as a miss and is rewritten.
 """

@@ -60,8 +60,14 @@ class LocalBackend:
         self.adapter_report: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:
+        from ..models.loading import runtime_identity
+        from ..models.registry import model_digest
+
+        # The model's files by content, and the device kind and dtype it runs with: a model replaced under
+        # the same name or path, or moved to another device or dtype, must miss the cache.
         ident: dict[str, Any] = {"kind": self.kind, "model": _model_id(self.model), "dtype": self.dtype,
-                                 "chat_template": self.chat_template}
+                                 "chat_template": self.chat_template, "model_sha256": model_digest(self.model),
+                                 "runtime": runtime_identity(self.dtype, self.device)}
         if self.adapter is not None:
             # The weights' hash, not just the path: retraining into the same directory must miss the cache.
             ident["adapter"] = str(self.adapter)

