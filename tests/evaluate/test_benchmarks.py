@@ -441,6 +441,6 @@ def test_eval_cli_benchmark_path_and_the_missing_file_message(tiny_model_dir, tm
     assert f"Put the file in {cache}" in text and "--benchmark-path hellaswag=FILE" in text
 
     res = runner.invoke(app, [*base, "--benchmark-path", "hellaswag"])
-    assert res.exit_code != 0 and "expected NAME=FILE" in res.output
+    assert res.exit_code != 0 and "give NAME=FILE" in res.output
     res = runner.invoke(app, [*base, "--benchmark-path", f"mmlu={own}"])
     assert res.exit_code != 0 and "unknown benchmark 'mmlu'" in res.output

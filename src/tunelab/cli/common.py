@@ -150,3 +150,17 @@ def progress(transient: bool = True):
         console=err_console,
         transient=transient,
     )
+
+
+def parse_pairs(values: list[str] | None, option: str, shape: str, example: str) -> dict[str, str]:
+    """A repeatable KEY=VALUE option (`--field prompt=q --field completion=a`) as {key: value}; a value
+    without "=" or a key given twice is an error naming the option."""
+    pairs: dict[str, str] = {}
+    for value in values or []:
+        key, sep, item = (part.strip() for part in value.partition("="))
+        if not sep or not key or not item:
+            raise TunelabError(f"{option} '{value}': give {shape}, e.g. {option} {example}")
+        if key in pairs:
+            raise TunelabError(f"{option} '{value}': '{key}' is already given as '{pairs[key]}'")
+        pairs[key] = item
+    return pairs

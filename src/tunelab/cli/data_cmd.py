@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..config import DataConfig, SplitConfig, options_error
 from ..errors import TunelabError
-from .common import JsonOption, emit, err_console, handle_errors
+from .common import JsonOption, emit, err_console, handle_errors, parse_pairs
 
 app = typer.Typer(help="Prepare datasets: validate, clean, deduplicate, scrub PII, split, render.", no_args_is_help=True)
 
@@ -38,19 +38,6 @@ PREPARE_FLAGS = {"data.train": "INPUTS", "data.eval": "--eval", "data.format": "
                  "data.clean.normalize": "--normalize", "data.clean.strip_html": "--strip-html",
                  "data.clean.min_chars": "--min-chars", "data.clean.max_chars": "--max-chars",
                  "data.fields": "--field"}
-
-
-def _parse_fields(items: list[str]) -> dict[str, str]:
-    """`--field prompt=q --field completion=a` -> {"prompt": "q", "completion": "a"}."""
-    fields: dict[str, str] = {}
-    for item in items:
-        key, sep, source = (part.strip() for part in item.partition("="))
-        if not sep or not key or not source:
-            raise TunelabError(f"--field '{item}': give FORMAT_FIELD=YOUR_FIELD, e.g. --field prompt=question")
-        if key in fields:
-            raise TunelabError(f"--field '{item}': '{key}' is already mapped to '{fields[key]}'")
-        fields[key] = source
-    return fields
 
 
 @app.command("prepare")
@@ -92,7 +79,7 @@ def prepare(
             train=inputs,
             eval=eval_file,
             format=fmt,
-            fields=_parse_fields(field),
+            fields=parse_pairs(field, "--field", "FORMAT_FIELD=YOUR_FIELD", "prompt=question"),
             split=split_cfg,
             seed=seed,
             dedup=dedup,

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from .common import JsonOption, emit, err_console, handle_errors
+from .common import JsonOption, emit, err_console, handle_errors, parse_pairs
 
 
 @handle_errors
@@ -49,7 +49,8 @@ def evaluate(
 
     options = {"data": data, "metrics": _names(metrics), "benchmarks": _names(benchmark), "limit": limit,
                "max_new_tokens": max_new_tokens, "batch_size": batch_size, "baseline": baseline,
-               "benchmark_paths": _pairs(benchmark_path or [])}
+               "benchmark_paths": parse_pairs(benchmark_path, "--benchmark-path", "NAME=FILE",
+                                                 "hellaswag=hellaswag_val.jsonl")}
     if judge:
         options["judge"] = {"spec": judge, "cache": not no_judge_cache, "cache_dir": judge_cache,
                             "concurrency": judge_concurrency, "timeout_s": judge_timeout,
@@ -70,21 +71,6 @@ EVAL_FLAGS = {"eval.data": "--data", "eval.metrics": "--metrics", "eval.benchmar
               "eval.judge.spec": "--judge", "eval.judge.cache_dir": "--judge-cache",
               "eval.judge.concurrency": "--judge-concurrency", "eval.judge.timeout_s": "--judge-timeout",
               "eval.judge.api_key_env": "--judge-api-key-env", "eval.benchmark_paths": "--benchmark-path"}
-
-
-def _pairs(values: list[str]) -> dict[str, str]:
-    """--benchmark-path NAME=FILE options as {name: file}."""
-    from ..errors import TunelabError
-
-    paths: dict[str, str] = {}
-    for value in values:
-        name, sep, file = (part.strip() for part in value.partition("="))
-        if not sep or not name or not file:
-            raise TunelabError(f"--benchmark-path {value!r}: expected NAME=FILE, e.g. hellaswag=hellaswag_val.jsonl")
-        if name in paths:
-            raise TunelabError(f"--benchmark-path: {name} is given twice")
-        paths[name] = file
-    return paths
 
 
 def _names(text: str | None) -> list[str]:
