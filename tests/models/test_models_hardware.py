@@ -6,6 +6,12 @@ import pytest
 
 from tunelab.models import hardware
 
+
+@pytest.fixture(autouse=True)
+def _hardware_decides(monkeypatch):
+    """These tests check what the hardware says; $TUNELAB_BF16 (which overrides it) is unset here."""
+    monkeypatch.delenv("TUNELAB_BF16", raising=False)
+
 CPUINFO_2x2_HT = "\n".join(
     f"processor\t: {n}\nphysical id\t: {n // 4}\ncore id\t\t: {(n // 2) % 2}\n"
     "flags\t\t: fpu sse avx avx2 fma avx512f avx512_bf16\n"
