@@ -137,8 +137,11 @@ def run(config: ExperimentConfig, *, trials: int | None = None, timeout: float |
         if unknown:
             raise TunelabError(f"enqueued settings outside the sweep space: {', '.join(unknown)}")
 
-    claim_output_dir(config.run_dir, RUN_DIR_KIND)
-    out_dir = claim_output_dir(Path(config.run_dir) / "sweep", OUTPUT_KIND)
+    # processes starting together on one run directory claim it one at a time: a claim in progress (a
+    # directory, its marker not yet written) would look like a stranger's folder to the other
+    with devsplit.locked(Path(config.workdir) / f".{config.name}.sweep.lock"):
+        claim_output_dir(config.run_dir, RUN_DIR_KIND)
+        out_dir = claim_output_dir(Path(config.run_dir) / "sweep", OUTPUT_KIND)
     storage_url = storage or sweep.storage or default_storage(config)
     name = study_name or sweep.study or config.name
     study = open_study(sweep, storage=storage_url, name=name, direction=direction, resume=resume)
