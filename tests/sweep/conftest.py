@@ -17,23 +17,16 @@ def write_pairs(path: Path, pairs) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """Tiny models gain nothing from threads, and OpenMP spinning on a busy CI machine makes them slow."""
+@pytest.fixture
+def sweep_file(tmp_path, train_model_dir, monkeypatch, request):
+    """write(**sections) -> a config file: the tiny model, 12 pairs (a quarter held out as the development
+    split, as data.split also holds out a quarter, so best.yaml trains on the trials' training records),
+    fp32 pinned (results are compared for equality), a few steps a trial. One thread: tiny models gain
+    nothing from more, and a busy machine's OpenMP spinning slows them down (restored after the test)."""
     import torch
 
     monkeypatch.setenv("TUNELAB_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def sweep_file(tmp_path, train_model_dir):
-    """write(**sections) -> a config file: the tiny model, 12 pairs (a quarter held out as the development
-    split, as data.split also holds out a quarter, so best.yaml trains on the trials' training records),
-    fp32 pinned (results are compared for equality), a few steps a trial."""
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
 
     def write(name: str = "sw", **sections) -> Path:
         data = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
