@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data", "track"),  # datasets and tracking, used by the stages
     ("evaluate",),  # scoring
     ("synth", "train", "rag"),  # the stages that make things: data, a tuned model, an index
-    ("compare", "pipeline", "quickstart"),  # orchestration of the stages
+    ("compare", "pipeline", "quickstart", "sweep"),  # orchestration of the stages
     ("cli",),  # parses and prints
 ]
 # Peers that must not import one another at all: what two stages share belongs in a layer below them.

@@ -12,6 +12,7 @@ from .common import MaskedStream
 from .eval_cmd import evaluate
 from .quickstart_cmd import quickstart
 from .run_cmd import compare, run
+from .sweep_cmd import sweep
 from .train_cmd import train
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.command("eval")(evaluate)
 app.command("quickstart")(quickstart)
 app.command("run")(run)
 app.command("compare")(compare)
+app.command("sweep")(sweep)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ The resolved config (defaults filled in, paths made absolute) is saved next to e
 result can be re-run.
 
 Later stages own their sections' meaning; this package only fixes their shape and bounds. The schema
-lives in base, backend, training, evaluation, synth and experiment; reading, overriding, validating,
+lives in base, backend, training, evaluation, synth, sweep and experiment; reading, overriding, validating,
 resolving and saving a file in loading; the wording of every validation error in messages.
 """
 
@@ -17,6 +17,7 @@ from .evaluation import CompareConfig, EvalConfig, JudgeConfig, RagConfig, Varia
 from .experiment import RUN_DIR_KIND, ExperimentConfig, ServeConfig, TrackingConfig
 from .loading import apply_overrides, load_config, parse_override, save_resolved, validate_data
 from .messages import ALIASES, format_error, options_error
+from .sweep import DEFAULT_SPACE, SpaceParam, SweepConfig, SweepObjective
 from .synth import SynthConfig, SynthFilterConfig, TeacherConfig
 from .training import (
     DATA_FIELDS,
@@ -32,7 +33,7 @@ from .training import (
 )
 
 __all__ = [
-    "ALIASES", "DATA_FIELDS", "RUN_DIR_KIND", "BackendConfig", "CleanConfig", "CompareConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
+    "ALIASES", "DATA_FIELDS", "DEFAULT_SPACE", "SpaceParam", "SweepConfig", "SweepObjective", "RUN_DIR_KIND", "BackendConfig", "CleanConfig", "CompareConfig", "DataConfig", "EvalConfig", "ExperimentConfig",
     "JudgeConfig", "MethodConfig", "ModelConfig", "RagConfig", "Section", "ServeConfig", "SplitConfig",
     "StageConfig", "SynthConfig", "SynthFilterConfig", "TaskConfig", "TeacherConfig", "TrackingConfig",
     "TrainConfig", "VariantConfig", "apply_overrides", "field_map_errors", "format_error", "load_config", "options_error",

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from .base import Section
 from .evaluation import CompareConfig, EvalConfig, RagConfig
+from .sweep import SweepConfig
 from .synth import SynthConfig
 from .training import (
     DataConfig,
@@ -62,6 +63,8 @@ class ExperimentConfig(Section):
     compare: CompareConfig = Field(default_factory=CompareConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     synth: SynthConfig | None = Field(None, description="Generate training data from documents (tunelab data synth).")
+    sweep: SweepConfig | None = Field(None, description="Hyperparameter search (tunelab sweep): space, objective, "
+                                      "budget; `sweep: {}` searches the default space.")
 
     @field_validator("name")
     @classmethod

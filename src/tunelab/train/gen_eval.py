@@ -39,8 +39,9 @@ def pick_examples(records: Sequence[Record], n: int) -> tuple[list[Any], list[st
 
 
 def make_generate_eval(model, tokenizer, records: Sequence[Record], n: int, max_new_tokens: int,
-                       threads: int) -> Callable[[], dict[str, Any]]:
-    """A function that generates answers for the sample and returns {"rougeL", "n", "seconds"}."""
+                       threads: int, metric: str = "rougeL", batch_size: int = 16) -> Callable[[], dict[str, Any]]:
+    """A function that generates answers for the sample and returns {metric, "n", "seconds"} (a sweep
+    scores its development split with any generation metric of tunelab.evaluate.metrics this way)."""
     from ..evaluate.metrics import MetricInputs, compute
     from ..models.generate import GenerationConfig, Generator
 
@@ -49,13 +50,13 @@ def make_generate_eval(model, tokenizer, records: Sequence[Record], n: int, max_
         raise TunelabError("train.eval_generate_every needs validation examples with a reference answer (chat "
                            "records ending with the assistant's reply); the validation split has none")
     chat = bool(getattr(tokenizer, "chat_template", None))
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=min(16, len(prompts)))
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=min(batch_size, len(prompts)))
 
     def run() -> dict[str, Any]:
         started = time.perf_counter()
         generator = Generator(model, tokenizer, chat_template=chat, threads=threads)
         outputs = generator.generate(prompts, cfg)
-        value = compute(["rougeL"], MetricInputs([o.text for o in outputs], list(refs)))["rougeL"]
-        return {"rougeL": value.value, "n": value.n, "seconds": round(time.perf_counter() - started, 3)}
+        value = compute([metric], MetricInputs([o.text for o in outputs], list(refs)))[metric]
+        return {metric: value.value, "n": value.n, "seconds": round(time.perf_counter() - started, 3)}
 
     return run

@@ -25,12 +25,15 @@ processes launched together on one machine share its cores.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 from ..config import RUN_DIR_KIND, ExperimentConfig
+from ..errors import TunelabError
 from ..io import claim_output_dir
 from .artifacts import save_artifacts, weights_digest
 from .distributed import setup as setup_distributed
-from .setup import build_model, load_tokenizer_for, precision_for, prepare_data, prepare_dataset
+from .setup import TrainData, build_model, load_tokenizer_for, precision_for, prepare_data, prepare_dataset
 from .single import Callback, TrainResult, train_one
 from .stages import run_stages
 
@@ -41,7 +44,8 @@ OUTPUT_KIND = RUN_DIR_KIND  # the marker kind of a run directory: train, run, co
 
 
 def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False,
-        callback: Callback | None = None, progress: bool = True) -> TrainResult:
+        callback: Callback | None = None, progress: bool = True, data: TrainData | None = None,
+        base_model: Any = None, stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train as the config says; see the module docstring for what is written where.
 
     resume: continue from the latest checkpoint (same config and data, else TunelabError); with stages,
@@ -49,6 +53,8 @@ def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False
     dry_run: build everything, measure a couple of micro-batches, return the plan; nothing is trained.
     callback: receives every loop event (start, step, eval, eval_generate, checkpoint, end; with stages also
     stage) as a dict.
+    data, base_model, stop: see train_one (a sweep's trial reuses the rendered data and the base model, and
+    stops when pruned); only for a run without stages.
     """
     dist = setup_distributed(config.model.device)
     # rank 0 checks and marks the run directory; the others wait for it, so none writes into a folder
@@ -57,5 +63,8 @@ def run(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False
         if dist is None or dist.is_main:
             claim_output_dir(config.run_dir, OUTPUT_KIND)
     if config.stages:
+        if data is not None or base_model is not None or stop is not None:
+            raise TunelabError("data, base_model and stop are for a run without stages")
         return run_stages(config, resume=resume, dry_run=dry_run, callback=callback, progress=progress, dist=dist)
-    return train_one(config, resume=resume, dry_run=dry_run, callback=callback, progress=progress, dist=dist)
+    return train_one(config, resume=resume, dry_run=dry_run, callback=callback, progress=progress, dist=dist,
+                     data=data, base_model=base_model, stop=stop)

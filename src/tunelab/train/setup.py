@@ -138,14 +138,19 @@ def load_base_model(config: ExperimentConfig, method: Method, device: str):
 
 
 def build_model(config: ExperimentConfig, device: torch.device | None = None,
-                start_adapter: Path | None = None) -> tuple[Any, list[str] | None]:
+                start_adapter: Path | None = None, base_model: Any = None) -> tuple[Any, list[str] | None]:
     """Seed, load the base model for the method and adapt it: the exact starting point of a run.
     start_adapter: a saved adapter of the same method and shape to continue from (a previous stage's).
+    base_model: the base model already loaded as load_base_model would load it, without an adapter (a
+    sweep's trials share one: tunelab.sweep unloads each trial's adapter); it is adapted in place.
     Returns (model, resolved LoRA target modules or None)."""
     method = get_method(config.method.name)
     device = device or device_for(config)
     seed_everything(config.train.seed)
-    model = load_base_model(config, method, str(device))
+    model = base_model if base_model is not None else load_base_model(config, method, str(device))
+    # Seeded again: the adapter's initial weights then depend on the seed alone, not on whether loading
+    # the base drew random numbers, so a trial on a reused base starts where a fresh process would.
+    seed_everything(config.train.seed)
     targets = resolve_targets(model, config.method) if method.lora_family else None
     model = method.apply(model, config.method)
     if start_adapter is not None:

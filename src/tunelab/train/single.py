@@ -146,7 +146,7 @@ class _Session:
 
 
 def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[], bool], dist: Dist | None = None,
-           start_adapter: Path | None = None) -> _Session:
+           start_adapter: Path | None = None, data: TrainData | None = None, base_model: Any = None) -> _Session:
     cfg = config.train
     run_dir = Path(config.run_dir)
     method = get_method(config.method.name)
@@ -155,7 +155,7 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
     precision, autocast, scaler, warnings = precision_for(cfg.precision, device)
 
     tokenizer = load_tokenizer_for(config)
-    data = load_data(config, tokenizer, dist)
+    data = data if data is not None else load_data(config, tokenizer, dist)
     manifest = data.manifest
     max_length = config.data.max_length
     warnings += data.train_stats["warnings"]
@@ -164,7 +164,7 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
         for skipped in (m.get("documents") or {}).get("skipped", []):
             warnings.append(f"document {skipped['path']} skipped: {skipped['reason']}")
 
-    model, targets = build_model(config, device, start_adapter)
+    model, targets = build_model(config, device, start_adapter, base_model)
     params = trainable_parameters(model)
     fsdp = dist is not None and dist.fsdp
     if dist is not None:
@@ -309,8 +309,14 @@ def _summary(config: ExperimentConfig, session: _Session, state: TrainState, sta
 
 def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool = False,
               callback: Callback | None = None, progress: bool = True, dist: Dist | None = None,
-              start_adapter: Path | None = None) -> TrainResult:
-    """One stage (config.stages is ignored): start_adapter continues a previous stage's adapter."""
+              start_adapter: Path | None = None, data: TrainData | None = None, base_model: Any = None,
+              stop: Callable[[], bool] | None = None) -> TrainResult:
+    """One stage (config.stages is ignored): start_adapter continues a previous stage's adapter.
+
+    For callers that train many runs of one data set (a sweep's trials): `data` is the rendered data to
+    train on instead of preparing config.data, `base_model` the base model to adapt instead of loading
+    it (build_model), and `stop` is asked after every step, like Ctrl-C: True checkpoints and stops the
+    run (status "interrupted"), so a pruned trial ends cleanly within one evaluation interval."""
     from .plan import build_plan
 
     started = time.perf_counter()
@@ -323,7 +329,7 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
     is_main = dist is None or dist.is_main
     bar = RichProgress(config.name) if progress and not dry_run and is_main else None
     emit = fan_out(bar, callback) if is_main else (lambda _event: None)
-    session = _build(config, emit, lambda: False, dist, start_adapter)
+    session = _build(config, emit, lambda: False, dist, start_adapter, data, base_model)
     setup = session.setup
     with loss_head(session.model, virtual_tokens(session.model)) as head:
         setup.head = head
@@ -343,7 +349,7 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
         state = _restore(config, session) if resume else TrainState()
         # Only the loop turns Ctrl-C into "checkpoint and stop"; while loading, Ctrl-C aborts at once.
         with graceful_interrupt() as stop_requested:
-            setup.stop_requested = stop_requested
+            setup.stop_requested = stop_requested if stop is None else (lambda: stop_requested() or stop())
             try:
                 outcome = run_loop(setup, state)
             finally:
