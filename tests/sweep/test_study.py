@@ -45,11 +45,11 @@ def test_resume_continues_the_study_and_an_existing_study_needs_it(sweep_file, t
 
 def test_two_processes_share_one_sqlite_study(sweep_file, tmp_path):
     config = str(sweep_file())
-    storage = f"sqlite:///{tmp_path / 'shared' / 'study.db'}"
+    storage = f"sqlite:///{tmp_path / 'common' / 'study.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TUNELAB_THREADS": "1"}
     # both join the same study (--resume creates it if it is not there yet), two trials each
     command = [sys.executable, "-c", "from tunelab.cli import main; main()", "sweep", config, *FREE,
-               "--storage", storage, "--study", "shared", "--trials", "2", "--resume", "--json"]
+               "--storage", storage, "--study", "team", "--trials", "2", "--resume", "--json"]
     procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -57,6 +57,6 @@ def test_two_processes_share_one_sqlite_study(sweep_file, tmp_path):
         assert proc.returncode == 0, stderr[-3000:]
     ran = [[t["number"] for t in json.loads(stdout)["ran"]] for stdout, _ in outs]
     assert sorted(ran[0] + ran[1]) == [0, 1, 2, 3], ran  # none repeated, none lost
-    assert _numbers(storage, "shared") == [(n, "COMPLETE") for n in range(4)]
-    trial_dirs = sorted(p.name for p in (tmp_path / "runs" / "sw" / "sweep" / "trials" / "shared").iterdir())
+    assert _numbers(storage, "team") == [(n, "COMPLETE") for n in range(4)]
+    trial_dirs = sorted(p.name for p in (tmp_path / "runs" / "sw" / "sweep" / "trials" / "team").iterdir())
     assert trial_dirs == [f"trial-{n:04d}" for n in range(4)]
