@@ -151,6 +151,8 @@ def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = Fals
             logger.flush()
         summary = result.summary
         tr.set_tags({"dataset_hash": summary.get("dataset_hash")})
+        # the config's params say "auto" for the settings tunelab chose; the chosen values sit beside them
+        tr.log_params({f"auto.{name}": choice["value"] for name, choice in (summary.get("auto") or {}).items()})
         tr.log_metrics({k: summary.get(k) for k in ("final_train_loss", "final_val_loss", "final_val_perplexity",
                                                     "train_seconds", "tokens_per_s", "peak_rss_mb")})
         if result.status == "interrupted":
