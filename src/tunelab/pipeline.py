@@ -53,12 +53,14 @@ class PipelineResult:
 def train_key(config: ExperimentConfig, dataset_hash: str) -> str:
     """Everything a trained model depends on, by content: the training config, the prepared dataset's
     hash, every input file named anywhere in it (stages and mixture tasks included), the base model's
-    files, the chat template's text, and the device kind, dtype and precision it trains with here."""
+    files, the chat template's text, the device kind, dtype and precision it trains with here, and, when
+    the config leaves settings at auto, the code of the rules that choose them (train/auto.py)."""
     import torch
 
     from .compare.variants import model_identity, stable_hash
     from .digest import paths_digest
     from .models.loading import resolve_device
+    from .train.auto import auto_fields, rules_digest
     from .train.run import precision_for
 
     sections = [s for s in ("model", "data", "method", "train", "stages", "mixture") if s in config.resolved()]
@@ -66,8 +68,13 @@ def train_key(config: ExperimentConfig, dataset_hash: str) -> str:
     with warnings.catch_warnings():  # only the name is wanted here, not precision_for's scaler notes
         warnings.simplefilter("ignore")
         precision = precision_for(config.train.precision, torch.device(resolve_device(config.model.device)))[0]
-    return stable_hash({"config": config.fingerprint(*sections), "dataset": dataset_hash,
-                        "inputs": paths_digest(_input_paths(config)), **identity, "precision": precision})
+    key = {"config": config.fingerprint(*sections), "dataset": dataset_hash,
+           "inputs": paths_digest(_input_paths(config)), **identity, "precision": precision}
+    if auto_fields(config):
+        # the values chosen for auto fields follow from the inputs above and the rules' code: a run trained
+        # under other rules (another tunelab) is not this one
+        key["auto_rules"] = rules_digest()
+    return stable_hash(key)
 
 
 def _input_paths(config: ExperimentConfig) -> list[Path | None]:
@@ -144,6 +151,8 @@ def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = Fals
             logger.flush()
         summary = result.summary
         tr.set_tags({"dataset_hash": summary.get("dataset_hash")})
+        # the config's params say "auto" for the settings tunelab chose; the chosen values sit beside them
+        tr.log_params({f"auto.{name}": choice["value"] for name, choice in (summary.get("auto") or {}).items()})
         tr.log_metrics({k: summary.get(k) for k in ("final_train_loss", "final_val_loss", "final_val_perplexity",
                                                     "train_seconds", "tokens_per_s", "peak_rss_mb")})
         if result.status == "interrupted":

@@ -57,7 +57,7 @@ def test_the_default_space_is_valid_and_sampled_values_become_overrides(tmp_path
     config = load_config(_write(tmp_path))
     applied = space.apply(config, {"method.target_modules": ["q_proj", "v_proj"], "train.lr": 3e-4})
     assert applied.method.target_modules == ["q_proj", "v_proj"] and applied.train.lr == 3e-4
-    assert config.train.lr == 2e-4  # the original is untouched
+    assert config.train.lr == "auto"  # the original is untouched (auto: chosen when training starts)
 
 
 def _write(tmp_path):

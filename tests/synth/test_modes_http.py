@@ -113,7 +113,7 @@ def test_paraphrased_eval_set_rewords_training_questions(server, tmp_path):
         assert r["meta"]["eval_source"] == "paraphrase" and r["meta"]["chunk_id"] == original["meta"]["chunk_id"]
     assert "tunelab eval" in res.manifest["next"][1]
     # a paraphrase set shares answers with training by design: the directory gives no eval split
-    direct = prepare(DataConfig(train=[tmp_path / "out"]), tmp_path / "direct")
+    direct = prepare(DataConfig(train=[tmp_path / "out"], split={"train": 0.9}), tmp_path / "direct")
     assert "eval" not in direct.splits and direct.manifest["inputs"] == [str(tmp_path / "out" / "train.jsonl")]
 
 

@@ -76,7 +76,7 @@ def test_list_table(tracked):
 def test_show_by_prefix(tracked):
     data = _json(["runs", "show", tracked["train"][:10], "--uri", tracked["uri"]])
     assert data["id"] == tracked["train"] and data["experiment"] == "cli-demo"
-    assert data["params"]["train.lr"] == "0.0002" and data["tags"]["tunelab.dataset_hash"] == "abc123"
+    assert data["params"]["train.batch_size"] == "8" and data["tags"]["tunelab.dataset_hash"] == "abc123"
     loss = data["metrics"]["train_loss"]
     assert loss == {"last": 0.2, "step": 5, "points": 5, "first": 1.0, "min": 0.2, "max": 1.0, "steps": [1, 5]}
     assert data["metrics"]["val_loss"] == {"last": 0.4, "step": 5, "points": 1}

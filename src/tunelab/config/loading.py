@@ -175,8 +175,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return validate_data(data, str(path), text, base=path.parent.resolve())
 
 
-def save_resolved(config: ExperimentConfig, out_dir: str | Path) -> Path:
-    """Write the resolved config next to an output (config.resolved.yaml)."""
+def save_resolved(config: ExperimentConfig, out_dir: str | Path, notes: list[str] | None = None) -> Path:
+    """Write the resolved config next to an output (config.resolved.yaml); `notes` become comment lines
+    at its top (a training run's auto choices and their reasons)."""
     from ..io import write_text
 
-    return write_text(Path(out_dir) / "config.resolved.yaml", config.to_yaml())
+    header = "".join(f"# {line}\n" for note in notes or [] for line in note.splitlines())
+    return write_text(Path(out_dir) / "config.resolved.yaml", header + config.to_yaml())

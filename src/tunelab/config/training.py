@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WrapSerializer, WrapValidator, field_validator, model_validator
 
 from .base import Section
+
+AUTO = "auto"
+
+
+def _pass_auto(value: Any, handler: Any) -> Any:
+    return value if value == AUTO else handler(value)
+
+
+def Auto(inner: Any) -> Any:  # noqa: N802 - a type constructor, named like one
+    """A field type that takes `inner`'s values or "auto": the value is then chosen from the data's size
+    and the method by the rules in tunelab.train.auto, and recorded with its reason. "auto" skips the
+    inner type's checks, so a bad number is reported against the number's bounds alone."""
+    return Annotated[inner, WrapValidator(_pass_auto), WrapSerializer(_pass_auto)]
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -33,21 +46,54 @@ class CleanConfig(Section):
 
 
 class SplitConfig(Section):
-    train: float = Field(0.9, ge=0, le=1)
-    validation: float = Field(0.1, ge=0, le=1)
+    train: float | None = Field(None, ge=0, le=1, description="Default: what validation and test leave.")
+    validation: Auto(Annotated[float, Field(ge=0, le=1)]) = Field(
+        AUTO, description="The share held out for validation loss; auto: none for small sets (they need "
+        "every pair), a small share for large ones (tunelab.train.auto). Giving train alone implies it."
+    )
     test: float = Field(0.0, ge=0, le=1)
     stratify: bool | None = Field(None, description="Keep label proportions; default: on for labelled data.")
     group_by: str | None = Field(None, description="A record field (e.g. source) whose groups stay in one split.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _implied(cls, data: Any) -> Any:
+        """{train: 0.9} means validation 0.1 (the rest), and {validation: 0.1} means train 0.9: a share the
+        user fixed by giving the others is theirs, not auto's."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        test = data.get("test", 0.0)
+        numbers = all(isinstance(v, int | float) for v in (data.get("train", 0.0), test))
+        if data.get("validation", AUTO) == AUTO and data.get("train") is not None and numbers:
+            if data["train"] + test > 1.0 + 1e-6:
+                raise ValueError(f"split ratios must sum to 1, got {data['train'] + test:g} without validation")
+            data["validation"] = round(1.0 - data["train"] - test, 10)
+        elif data.get("train") is None and isinstance(data.get("validation"), int | float) and numbers:
+            data["train"] = round(1.0 - data["validation"] - test, 10)
+        return data
+
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:
+        if self.validation == AUTO:
+            return self
+        if self.train is None:
+            if self.validation + self.test > 1.0 + 1e-6:
+                raise ValueError(f"split ratios must sum to 1, got {self.validation + self.test:g} without train")
+            return self
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"split ratios must sum to 1, got {total:g}")
         return self
 
     def ratios(self) -> dict[str, float]:
-        return {"train": self.train, "validation": self.validation, "test": self.test}
+        if self.validation == AUTO:
+            from ..errors import TunelabError
+
+            raise TunelabError("data.split.validation is auto: the share is chosen from the record count when "
+                               "training prepares the data (tunelab.train.auto); give a number to prepare here")
+        return {"train": 1.0 - self.validation - self.test if self.train is None else self.train,
+                "validation": self.validation, "test": self.test}
 
 
 # The record fields a data.fields mapping may name: every field of the formats in tunelab.data.formats
@@ -127,13 +173,19 @@ class MethodConfig(Section):
 # --------------------------------------------------------------------------------------------- train
 class TrainConfig(Section):
     objective: Literal["sft", "causal"] = Field("sft", description="sft: loss on completions; causal: all tokens.")
-    epochs: float = Field(3, gt=0)
+    # auto (the default) in the fields below: chosen from the data's size and the method by the rules in
+    # tunelab.train.auto, each with its reason (the dry run prints them; summary.json records them)
+    epochs: Auto(Annotated[float, Field(gt=0)]) = Field(AUTO, description="Passes over the training set; auto: "
+                                                         "enough optimizer steps for a small set, 1-2 for large.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr: Auto(Annotated[float, Field(gt=0)]) = Field(AUTO, description="Peak learning rate; auto: the method's.")
     batch_size: int = Field(8, gt=0, description="Examples per micro-batch.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    scheduler: Literal["auto", "cosine", "linear", "constant"] = Field(
+        AUTO, description="auto: constant for small sets (a decay under-trains them), cosine for large."
+    )
+    warmup_ratio: Auto(Annotated[float, Field(ge=0, lt=1)]) = Field(AUTO, description="auto: none for small "
+                                                                    "sets, 0.03 for large.")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     packing: bool = Field(True, description="Pack examples into full sequences, no attention across examples.")
@@ -142,7 +194,10 @@ class TrainConfig(Section):
     eval_every: int | None = Field(None, gt=0, description="Validation loss every N steps (default: each epoch).")
     save_every: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: each epoch).")
     keep_last: int = Field(2, gt=0, description="Checkpoints kept.")
-    early_stopping_patience: int | None = Field(None, gt=0)
+    early_stopping_patience: Auto(Annotated[int, Field(gt=0)] | None) = Field(
+        AUTO, description="Evaluations without improvement before stopping; null: never; auto: on only when "
+        "there is a validation split evaluated often enough for it to act."
+    )
     seed: int = 42
     eval_generate_every: int | None = Field(
         None, gt=0, description="Every N steps, generate answers for the first validation examples and log "

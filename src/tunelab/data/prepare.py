@@ -78,6 +78,18 @@ def input_digest(config: DataConfig) -> str:
     return paths_digest([*config.train, config.eval])
 
 
+def read_inputs(config: DataConfig) -> tuple[list[Path], Path | None, Any]:
+    """(training files, eval file, the training records read and validated): how run reads its inputs,
+    also used to count them before preparing (train.auto decides the validation share from the count).
+    A synth output directory stands for its files (inputs.py); the manifest keeps the options as given."""
+    from . import formats
+
+    train_files, eval_file = expand_inputs(list(config.train), config.eval)
+    read = formats.read_records(train_files, config.format, skip_invalid=config.skip_invalid,
+                                fields=config.fields or None)
+    return train_files, eval_file, read
+
+
 def run(
     config: DataConfig,
     out_dir: str | Path,
@@ -92,6 +104,7 @@ def run(
     out_dir = Path(out_dir)
     if not config.train:
         raise TunelabError("no input files: give at least one INPUT (or data.train in the config)")
+    config.split.ratios()  # an auto share is resolved by the caller (train.auto); refused here before any work
     inputs = [*config.train, *([config.eval] if config.eval else [])]
     check_output_dir(out_dir, OUTPUT_KIND, inputs)  # before the work: a refused --out costs nothing
     timings: dict[str, float] = {}
@@ -105,14 +118,11 @@ def run(
 
     stage("reading and validating")
     inputs_read = input_digest(config)  # before reading: an input edited meanwhile is prepared again next time
-    fmt = config.format
-    # A synth output directory stands for its files (inputs.py); the manifest keeps the options as given.
-    train_files, eval_file = expand_inputs(list(config.train), config.eval)
-    fields = config.fields or None
-    read = formats.read_records(train_files, fmt, skip_invalid=config.skip_invalid, fields=fields)
+    train_files, eval_file, read = read_inputs(config)
     eval_read = None
     if eval_file is not None:
-        eval_read = formats.read_records([eval_file], fmt, skip_invalid=config.skip_invalid, fields=fields)
+        eval_read = formats.read_records([eval_file], config.format, skip_invalid=config.skip_invalid,
+                                         fields=config.fields or None)
     tick("read")
 
     removed: dict[str, int] = {}

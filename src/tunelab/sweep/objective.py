@@ -198,7 +198,10 @@ class Objective:
             else:
                 state = "complete"
                 if self.metric == "val_loss":
-                    early = config.train.early_stopping_patience is not None
+                    # the patience the run used: the trial's own, or the one auto chose (train/auto.py)
+                    chosen = (result.summary.get("auto") or {}).get("train.early_stopping_patience", {})
+                    patience = chosen.get("value", config.train.early_stopping_patience)
+                    early = patience not in (None, "auto")
                     value = result.summary.get("best_val_loss" if early else "final_val_loss")
                 else:
                     value = dev_score(result.model, self.tokenizer, config, self.dev.dev_records, self.metric)

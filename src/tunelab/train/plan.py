@@ -10,8 +10,10 @@ The rules per method live in each method's registry entry (methods.py):
   33B/65B); IA3 3e-3 (IA3 paper); soft prompts 3e-2 and prefixes 1e-2 (PEFT's examples); full
   fine-tuning 2e-5 below 1B, 1e-5 to 7B, 5e-6 above (the usual SFT recipes).
 - Rank grows with the supervised tokens: a small set is fitted by a small rank and overfits a large one.
-- Epochs shrink as data grows: small sets need repeats, large ones one pass; early stopping on the
-  validation loss guards the repeats.
+- Epochs shrink as data grows: small sets need repeats, large ones one pass (auto.py's epochs rule, the
+  one that chooses train.epochs when it is auto).
+
+The settings left at auto are listed with the value chosen and its reason (auto.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import time
 from typing import Any
 
+from .auto import epochs_rule, format_choices
 from .loop import LoopSetup
 from .methods import METHODS, get_method
 
@@ -32,16 +35,15 @@ def _total_memory_bytes() -> int | None:
         return None
 
 
-def suggest(method: str, n_params: int, n_examples: int, loss_tokens: int) -> dict[str, Any]:
-    """Suggested lr, rank and epochs with the reasoning behind each."""
+def suggest(method: str, n_params: int, n_examples: int, loss_tokens: int, step_size: int = 8) -> dict[str, Any]:
+    """Suggested lr, rank and epochs (at step_size examples per optimizer step) with the reasoning behind each."""
     entry = get_method(method)
     lr, lr_why = entry.suggest_lr(n_params)
     rank = 8 if loss_tokens < 50_000 else 16 if loss_tokens < 500_000 else 32 if loss_tokens < 5_000_000 else 64
     rank_why = f"{loss_tokens:,} supervised tokens: rank {rank} (8 under 50k, 16 under 500k, 32 under 5M, " \
                "64 above); a small set is fitted by a small rank and overfits a large one"
-    epochs = 5 if n_examples < 200 else 3 if n_examples < 1000 else 2 if n_examples < 10_000 else 1
-    epochs_why = f"{n_examples:,} examples: {epochs} epoch(s) (small sets need repeats, large ones one pass); " \
-                 "set train.early_stopping_patience to stop when the validation loss turns up"
+    epochs, epochs_why = epochs_rule(n_examples, step_size)
+    epochs_why = f"{n_examples:,} examples: {epochs_why}"
     out = {"lr": lr, "lr_reason": lr_why, "epochs": epochs, "epochs_reason": epochs_why}
     if entry.lora_family:
         out |= {"r": rank, "alpha": 2 * rank, "r_reason": rank_why + "; alpha = 2 x r keeps the LoRA scale at 2"}
@@ -118,7 +120,7 @@ def build_plan(setup: LoopSetup, *, method: str, n_params: int, trainable: int, 
         "threads": threads,
         "memory": memory_estimates(model_config, n_params, min(train_stats["max_example_tokens"] or 1,
                                    setup.layout.capacity), cfg.batch_size, r, dtype),
-        "suggested": suggest(method, n_params, train_stats["examples"], train_stats["loss_tokens"]),
+        "suggested": suggest(method, n_params, train_stats["examples"], train_stats["loss_tokens"], setup.step_size),
     }
     if benchmark and setup.train:
         tps = measure_throughput(setup)
@@ -154,7 +156,8 @@ def format_plan(plan: dict[str, Any]) -> str:
             for m, v in memory.items() if isinstance(v, dict)
         )
         lines.append(f"memory estimate: {fits} (machine: {memory.get('machine_memory_gib')} GiB)")
+    lines += format_choices(plan.get("auto") or {})
     for key in ("lr", "r", "epochs"):
-        if key in plan["suggested"]:
+        if key in plan["suggested"] and f"train.{key}" not in (plan.get("auto") or {}):  # else printed above
             lines.append(f"suggested {key} = {plan['suggested'][key]:g}: {plan['suggested'][key + '_reason']}")
     return "\n".join(lines)

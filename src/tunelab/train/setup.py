@@ -9,6 +9,7 @@ the base model the method asks for (through tunelab.models.loading, 4-bit for ql
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import torch
 
 from ..config import DataConfig, ExperimentConfig
 from ..errors import TunelabError
+from . import auto
 from .batching import Example
 from .distributed import Dist
 from .loss import base_causal_lm
@@ -34,18 +36,30 @@ from .objectives import get_objective
 def prepare_dataset(config: ExperimentConfig, out_dir: Path) -> dict[str, Any]:
     """Prepare config.data into out_dir unless a dataset made with the same options from inputs of the
     same content is already there; returns its manifest."""
-    return prepare_data(config.data, out_dir)
+    return preparer(config)(config.data, out_dir)
 
 
-def prepare_data(data: DataConfig, out_dir: Path) -> dict[str, Any]:
+def preparer(config: ExperimentConfig) -> Callable[[DataConfig, Path], dict[str, Any]]:
+    """prepare_data as this config's training needs it (a validation split when early stopping or an
+    evaluation interval asks for one); every caller preparing for the config goes through this, so the
+    same config always chooses the same auto share (and reuses the same prepared data)."""
+    return functools.partial(prepare_data, needs_validation=auto.needs_validation(config.train))
+
+
+def prepare_data(data: DataConfig, out_dir: Path, needs_validation: bool = False) -> dict[str, Any]:
     """prepare_dataset for one data section (a mixture prepares each task's this way). Document files or
-    directories among the inputs become text records first (documents.py)."""
-    from ..data.prepare import MANIFEST, input_digest, load_manifest
+    directories among the inputs become text records first (documents.py). An auto validation share is
+    chosen from the count of input records (auto.py; the manifest's options hold the chosen share, so a
+    dataset is reused only for the same share); the returned manifest's "auto" says what and why."""
+    from ..data.prepare import MANIFEST, input_digest, load_manifest, read_inputs
     from ..data.prepare import run as prepare
     from .documents import documents_to_records
 
     data, documents = documents_to_records(data, out_dir)
-    extra = {"documents": documents} if documents else {}
+    extra: dict[str, Any] = {"documents": documents} if documents else {}
+    if data.split.validation == auto.AUTO and data.train:
+        data, choices = auto.resolve_split(data, len(read_inputs(data)[2].records), needs_validation)
+        extra["auto"] = choices
     options = json.loads(data.model_dump_json())
     manifest_file = out_dir / MANIFEST
     if manifest_file.is_file():
@@ -88,7 +102,7 @@ def load_data(config: ExperimentConfig, tokenizer, dist: Dist | None) -> TrainDa
 
         with first:  # rank 0 prepares, the others then find the prepared data unchanged
             mix, train_stats, val_stats = build_mixture(config.mixture, config.data, run_dir / "data", objective,
-                                                        tokenizer, config.train.seed, prepare_data)
+                                                        tokenizer, config.train.seed, preparer(config))
         val_records = [r for t in config.mixture for r in _load_split_if_any(run_dir / "data" / t.task, "validation")]
         manifest = {"dataset_hash": mix.dataset_hash, "tasks": mix.manifests}
 

@@ -23,7 +23,7 @@ import torch
 from ..config import ExperimentConfig, save_resolved
 from ..errors import TunelabError
 from ..io import write_json, write_jsonl, write_text
-from . import distributed, fast_lora
+from . import auto, distributed, fast_lora
 from .artifacts import save_artifacts, weights_digest
 from .batching import Layout
 from .checkpoint import FINGERPRINT_SECTIONS, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -137,6 +137,8 @@ class _Session:
     threads: int
     warnings: list[str]
     targets: list[str] | None
+    config: ExperimentConfig  # with the auto settings resolved
+    auto: dict[str, dict[str, Any]]  # what auto chose and why, by dotted field name
     start_digest: str | None = None
     dist: Dist | None = None
 
@@ -193,6 +195,15 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
     layout = Layout(packing=cfg.packing and method.packing, capacity=max_length, pad_id=int(pad_id),
                     with_mask=not method.packing)
     world = dist.world if dist is not None else 1
+    # the settings left at auto, from the rendered data's size and the method (auto.py); from here on the
+    # run (its checkpoints' identity, its config.resolved.yaml, its summary) sees the chosen values
+    config, choices = auto.resolve_train(config, n_examples=len(data.train), loss_tokens=data.train_stats["loss_tokens"],
+                                         n_params=count_parameters(model)[1], world=world, has_validation=bool(data.val))
+    split = _split_choices(config, manifest)
+    if auto.SPLIT_FIELD in split:  # the share prepare chose (a mixture's differ per task: in the choices only)
+        config = config.model_copy(update={"data": auto.with_share(config.data, split[auto.SPLIT_FIELD]["value"])})
+    choices = split | choices
+    cfg = config.train
     steps_per_epoch, total_steps = count_steps(len(data.train), cfg, world)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, config.method.embedding_lr)
     scheduler = build_scheduler(optimizer, cfg.scheduler, total_steps, cfg.warmup_ratio)
@@ -228,7 +239,16 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
     if data.plan is not None:
         plan = data.plan
         setup.epoch_plan = lambda epoch: plan(epoch, setup.step_size, setup.bucket)
-    return _Session(setup, model, tokenizer, data, precision, threads, warnings, targets, start_digest, dist)
+    return _Session(setup, model, tokenizer, data, precision, threads, warnings, targets, config, choices,
+                    start_digest, dist)
+
+
+def _split_choices(config: ExperimentConfig, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The validation shares prepare chose (a mixture's per task, as mixture.<task>.data.split.validation)."""
+    if not config.mixture:
+        return dict(manifest.get("auto") or {})
+    return {f"mixture.{task}.{name}": choice for task, m in manifest.get("tasks", {}).items()
+            for name, choice in (m.get("auto") or {}).items()}
 
 
 def _restore(config: ExperimentConfig, session: _Session) -> TrainState:
@@ -296,6 +316,7 @@ def _summary(config: ExperimentConfig, session: _Session, state: TrainState, sta
         "world_size": session.setup.world,
         "global_batch": session.setup.step_size,
         "start_weights_sha256": session.start_digest,
+        "auto": session.auto,  # the settings chosen from the data's size, each with its reason (auto.py)
     }
     if per_task:
         summary["final_val_loss_per_task"] = {k.split("/", 1)[1]: v for k, v in per_task.items()
@@ -330,6 +351,7 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
     bar = RichProgress(config.name) if progress and not dry_run and is_main else None
     emit = fan_out(bar, callback) if is_main else (lambda _event: None)
     session = _build(config, emit, lambda: False, dist, start_adapter, data, base_model)
+    config = session.config  # the auto settings resolved (auto.py)
     setup = session.setup
     with loss_head(session.model, virtual_tokens(session.model)) as head:
         setup.head = head
@@ -343,9 +365,10 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
                 precision=session.precision, threads=session.threads,
             )
             plan["warnings"] = session.warnings
+            plan["auto"] = session.auto
             return TrainResult(run_dir, "planned", plan=plan)
         if is_main:
-            save_resolved(config, run_dir)
+            save_resolved(config, run_dir, notes=auto.format_choices(session.auto))
         state = _restore(config, session) if resume else TrainState()
         # Only the loop turns Ctrl-C into "checkpoint and stop"; while loading, Ctrl-C aborts at once.
         with graceful_interrupt() as stop_requested:

@@ -64,7 +64,7 @@ from .artifacts import save_artifacts
 from .checkpoint import describe_differences, latest_checkpoint
 from .distributed import Dist
 from .methods import get_method
-from .setup import load_tokenizer_for, prepare_data
+from .setup import load_tokenizer_for, preparer
 from .single import TrainResult, train_one
 
 DONE = ("completed", "early_stopped")
@@ -147,8 +147,8 @@ def _dataset_hash(cfg: ExperimentConfig) -> str:
 
     data_dir = Path(cfg.run_dir) / "data"
     if cfg.mixture:
-        return mixture_hash(cfg.mixture, cfg.data, data_dir, prepare_data)
-    return prepare_data(cfg.data, data_dir)["dataset_hash"]
+        return mixture_hash(cfg.mixture, cfg.data, data_dir, preparer(cfg))
+    return preparer(cfg)(cfg.data, data_dir)["dataset_hash"]
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
