@@ -10,20 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from chat_pairs import PAIRS, write_pairs
 from typer.testing import CliRunner
 
 from tunelab.cli.app import app
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
 
-PAIRS = [(f"What is the code of item {i}?", f"Code {(i * 37) % 100} for item {i}.") for i in range(12)]
 SENTINELS = [(f"SENTINEL question {i}?", f"SENTINEL answer {i}.") for i in range(3)]
-
-
-def _write_pairs(path: Path, pairs) -> Path:
-    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -40,8 +34,8 @@ def tune_experiment(tmp_path, train_model_dir, monkeypatch, request):
         base = {
             "name": "tune-exp", "workdir": str(tmp_path / "runs"),
             "model": {"name": str(train_model_dir)},
-            "data": {"train": [str(_write_pairs(tmp_path / "train.jsonl", PAIRS))],
-                     "eval": str(_write_pairs(tmp_path / "eval.jsonl", SENTINELS)),
+            "data": {"train": [str(write_pairs(tmp_path / "train.jsonl", PAIRS))],
+                     "eval": str(write_pairs(tmp_path / "eval.jsonl", SENTINELS)),
                      "split": {"train": 0.75, "validation": 0.25}, "dedup": "none", "pii": "off", "max_length": 64},
             "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
             "train": {"max_steps": 3, "batch_size": 4, "lr": 5e-3, "warmup_ratio": 0.0, "scheduler": "constant",
