@@ -2,6 +2,10 @@
 
 Every step is skipped when its inputs have not changed, so a second run costs only the checks:
 - prepare: reused while the data options and the input files' content are unchanged (train.run.prepare_dataset);
+- tune (compare.tune): before a model's tuned variant is trained, tunelab.sweep searches the sweep:
+  section's space for it in `<run_dir>/tune/<model>/sweep`, scored on a development split of the training
+  data (never the eval set), and the tuned variant trains with the best settings; the study is named by
+  everything its trials depend on, so a rerun with the same settings finds it finished and searches no more;
 - train: one run directory per model, `<run_dir>/train/<model>`; skipped when it holds a finished run
   whose key matches (train_key: the training config, the dataset hash, the content of every input file
   and of the base model, the chat template's text, device kind, dtype and precision); resumed from its last
@@ -31,6 +35,7 @@ from .errors import TunelabError
 from .io import check_output_dir, claim_output_dir, write_json
 
 KEY_FILE = "pipeline-key.json"
+TUNE_BUDGET_ATTR = "tunelab.tune_budget"  # a study attribute: the compare.tune budget it has spent
 DONE = ("completed", "early_stopped")
 
 
@@ -44,10 +49,11 @@ class PipelineResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
     compare: Any = None
     seconds: float = 0.0
+    tune: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> how compare.tune chose its settings
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "seconds": round(self.seconds, 1), "steps": self.steps,
-                "compare": self.compare.to_dict() if self.compare is not None else None}
+                "tune": self.tune, "compare": self.compare.to_dict() if self.compare is not None else None}
 
 
 def train_key(config: ExperimentConfig, dataset_hash: str) -> str:
@@ -110,35 +116,58 @@ def _train_status(run_dir: Path, key: str) -> str:
 
 
 def _train_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker: Any, progress: bool,
-               stage: Callable[[str], None]) -> dict[str, Any]:
+               stage: Callable[[str], None], tune: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or reuse) one model's tuned variant; with `tune` (compare.tune's record) its best settings are
+    applied first, so they are part of the reuse key like any other training setting."""
+    from .compare.reading import settings_text
+    from .compare.run import TUNE_FILE
     from .compare.variants import training_config
     from .train.run import OUTPUT_KIND
 
     tcfg = training_config(config, model)
+    if tune is not None:
+        from .sweep.space import apply
+
+        tcfg = apply(tcfg, tune["best_params"])
     run_dir = Path(tcfg.run_dir)
     key = train_key(tcfg, dataset_hash)
     status = _train_status(run_dir, key)
     if status == "done":
+        if tune is not None:  # the same settings; the record may name more trials of the same study
+            write_json(run_dir / TUNE_FILE, tune)
         return {"step": f"train {model}", "status": "cached", "run_dir": str(run_dir)}
     claim_output_dir(run_dir, OUTPUT_KIND)
     write_json(run_dir / KEY_FILE, {"key": key})  # first: an interrupted run is recognised as ours
+    tags: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    if tune is not None:
+        write_json(run_dir / TUNE_FILE, tune)
+        tags = {"tunelab.tune.study": tune["study"], "tunelab.tune.metric": tune["metric"],
+                "tunelab.tune.best_value": tune["best_value"], "tunelab.tune.trials": tune["trials"]}
+        params = {f"tuned.{k}": v for k, v in tune["best_params"].items()}  # the run's config params are the
+        # experiment's (untuned) values, so the chosen ones go under their own names
     stage(f"train: {config.method.name} {config.train.objective} on {model}"
+          + (f" with the searched settings {settings_text(tune['best_params'])}" if tune is not None else "")
           + (" (resuming from the last checkpoint)" if status == "resume" else ""))
-    summary = tracked_train(tracker, tcfg, resume=status == "resume", progress=progress).summary
+    summary = tracked_train(tracker, tcfg, resume=status == "resume", progress=progress, tags=tags,
+                            params=params).summary
     return {"step": f"train {model}", "status": "resumed" if status == "resume" else "ran",
             "run_dir": str(run_dir), "seconds": summary.get("wall_seconds"),
             "final_val_loss": summary.get("final_val_loss"), "tokens_per_s": summary.get("tokens_per_s")}
 
 
 def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
-                  callback: Callable[[dict[str, Any]], None] | None = None):
+                  callback: Callable[[dict[str, Any]], None] | None = None, tags: dict[str, Any] | None = None,
+                  params: dict[str, Any] | None = None):
     """train.run as one MLflow train run: step metrics, final losses and speed, the run directory's files
-    as artifacts. An interrupted run is recorded as KILLED and raises Interrupted (checkpoint saved)."""
+    as artifacts (`tags` and `params` added to the run's own). An interrupted run is recorded as KILLED and
+    raises Interrupted (checkpoint saved)."""
     from .track import step_callback
     from .train import run as train_run
 
-    tags = {"base_model": config.model.name, "method": config.method.name, "objective": config.train.objective}
-    with tracker.run("train", name=f"train {config.model.name}", tags=tags) as tr:
+    tags = {"base_model": config.model.name, "method": config.method.name, "objective": config.train.objective,
+            **(tags or {})}
+    with tracker.run("train", name=f"train {config.model.name}", tags=tags, params=params) as tr:
         logger = step_callback(tr)
 
         def both(event: dict[str, Any]) -> None:
@@ -163,6 +192,109 @@ def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = Fals
             if path.is_file() and path.name != KEY_FILE and not path.name.startswith("."):  # not the marker
                 tr.log_artifact(path, artifact_path="model")
     return result
+
+
+def _load_study(storage: str, name: str) -> Any:
+    """The study `name` in `storage`, or None when there is none yet. A default SQLite file that does not
+    exist is not created here: its folder is claimed by the sweep that creates it."""
+    import optuna
+
+    from .sweep.study import open_storage
+
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:  # optuna: no study of that name
+        return None
+
+
+def _tune_record(study: Any, sweep: Any, out_dir: Path, budget: dict[str, Any]) -> dict[str, Any]:
+    """What the report says about a search: study, budget, trials, objective, best value and settings,
+    and the development split it was scored on."""
+    from optuna.trial import TrialState
+
+    from .sweep import objective_direction
+    from .sweep.space import decode_params
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    complete, pruned = states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED)
+    try:
+        best = study.best_trial
+    except ValueError:  # optuna: no trial has completed
+        raise TunelabError(f"compare.tune: no trial of study '{study.study_name}' completed ({pruned} pruned, "
+                           f"{len(states) - complete - pruned} failed); raise compare.tune.trials or timeout_s, "
+                           f"or see {out_dir / 'report.html'}") from None
+    try:
+        dev = json.loads((out_dir / "dev.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a study searched on another machine, sharing its storage
+        dev = {}
+    metric, direction = objective_direction(sweep)
+    return {"study": study.study_name, "metric": metric, "direction": direction, "budget": budget,
+            "trials": complete + pruned, "complete": complete, "pruned": pruned, "best_trial": best.number,
+            "best_value": best.value,
+            "best_params": decode_params(sweep.space, best.params),
+            "dev": {k: dev.get(k) for k in ("source", "train_records", "dev_records", "dev_sha256", "heldout",
+                                            "heldout_records")},
+            "report": str(out_dir / "report.html"), "best_config": str(out_dir / "best.yaml")}
+
+
+def _tune_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker: Any, progress: bool,
+              stage: Callable[[str], None]) -> dict[str, Any]:
+    """compare.tune for one model: search the sweep space for it (tunelab.sweep, in
+    `<run_dir>/tune/<model>/sweep`), or find that search already done, and return the `tune <model>` step
+    with its record under "tune" (see _tune_record)."""
+    from optuna.trial import TrialState
+
+    from .compare.reading import settings_text
+    from .compare.variants import slug, stable_hash, training_config
+    from .config import SweepConfig
+    from .digest import paths_digest
+    from .secrets import redact_text
+    from .sweep import run as sweep_run
+    from .sweep.study import default_storage
+
+    tune = config.compare.tune
+    assert tune is not None
+    sweep = (config.sweep or SweepConfig()).model_copy(deep=True)
+    sweep.trials, sweep.timeout_s = tune.trials, tune.timeout_s
+    searched = config.model_copy(deep=True)
+    searched.model.name, searched.name, searched.workdir = model, slug(model), Path(config.run_dir) / "tune"
+    searched.compare.tune = None  # its best.yaml is a plain experiment with the best settings
+    searched.sweep = sweep
+    # the study is named by everything its trials depend on: a changed setting, data file or base model
+    # starts a new study (the old one stays in the storage), an unchanged one is found and reused
+    depends = {"train": train_key(training_config(config, model), dataset_hash),
+               "sweep": sweep.model_dump(mode="json", exclude={"trials", "timeout_s", "storage", "study"}),
+               "eval": [paths_digest([config.eval.data]), config.eval.max_new_tokens, config.eval.batch_size]}
+    name = f"{sweep.study or config.name}.{slug(model)}.{stable_hash(depends)[:8]}"
+    storage = sweep.storage or default_storage(searched)
+    budget = {"trials": tune.trials, "timeout_s": tune.timeout_s}
+    out_dir = Path(searched.run_dir) / "sweep"
+
+    study = _load_study(storage, name)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    done = 0 if study is None else len(study.get_trials(deepcopy=False, states=finished))
+    spent = study is not None and (study.user_attrs.get(TUNE_BUDGET_ATTR) == budget
+                                   or (tune.trials is not None and done >= tune.trials))
+    status = "cached"
+    if not spent:
+        todo = None if tune.trials is None else tune.trials - done
+        stage(f"tune: searching {model}: {todo or 'up to ' + str(tune.timeout_s) + ' s of'} trials "
+              f"({'continuing study ' + name if done else 'study ' + name})")
+
+        def report(row: dict[str, Any]) -> None:
+            value = "" if row["value"] is None else f" {row['value']:.4g}"
+            stage(f"tune: trial {row['number']} {row['state']}{value} ({settings_text(row['params'])})")
+
+        sweep_run(searched, trials=todo, timeout=tune.timeout_s, storage=storage, study_name=name, resume=True,
+                  tracker=tracker, progress=progress, on_trial=report)
+        study = _load_study(storage, name)
+        assert study is not None
+        study.set_user_attr(TUNE_BUDGET_ATTR, budget)  # spent: a rerun with this budget searches no more
+        status = "resumed" if done else "ran"
+    record = _tune_record(study, sweep, out_dir, budget) | {"storage": redact_text(storage)}
+    return {"step": f"tune {model}", "status": status, "study": name, "report": record["report"], "tune": record}
 
 
 def check_benchmark_paths(config: ExperimentConfig) -> None:
@@ -212,8 +344,15 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
 
     if train and config.compare.train:
         for model in models_of(config):
+            tune = None
+            if config.compare.tune is not None:
+                t = time.perf_counter()
+                step = _tune_one(config, model, dataset_hash, tracker, progress, stage)
+                step["seconds"] = round(time.perf_counter() - t, 1)
+                result.steps.append(step)
+                tune = result.tune[model] = step["tune"]
             t = time.perf_counter()
-            step = _train_one(config, model, dataset_hash, tracker, progress, stage)
+            step = _train_one(config, model, dataset_hash, tracker, progress, stage, tune=tune)
             step["seconds"] = round(time.perf_counter() - t, 1)
             result.steps.append(step)
 

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
-
-PAIRS = [(f"What is the code of item {i}?", f"Code {(i * 37) % 100} for item {i}.") for i in range(12)]
-
-
-def write_pairs(path: Path, pairs) -> Path:
-    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+from chat_pairs import PAIRS, write_pairs
 
 
 @pytest.fixture

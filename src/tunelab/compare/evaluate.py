@@ -38,6 +38,7 @@ class VariantResult:
     cached: bool
     seconds: float = 0.0
     train: dict[str, Any] | None = None  # the tuned variant's training summary
+    tune: dict[str, Any] | None = None  # how compare.tune chose the tuned variant's settings (its tune.json)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

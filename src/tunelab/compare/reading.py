@@ -50,6 +50,7 @@ def read_comparison(comparison: Comparison) -> list[str]:
                      for c in others]
             sentence += " Also: " + "; ".join(parts) + "."
         out.append(sentence)
+    out += tune_sentences(comparison)
     out += _cost_sentences(comparison)
     if comparison.retrieval:
         r = comparison.retrieval
@@ -58,6 +59,30 @@ def read_comparison(comparison: Comparison) -> list[str]:
             parts = ", ".join(f"{k} {fmt(_value(v), 3)}" for k, v in recall.items())
             out.append(f"Retrieval quality (gold = the question's source document): {parts}, "
                        f"MRR {fmt(_value(r.get('mrr')), 3)}.")
+    return out
+
+
+def settings_text(values: dict[str, Any]) -> str:
+    """Searched settings as `train.lr=0.0003, method.r=16` (floats to 4 significant digits)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def tune_sentences(comparison: Comparison) -> list[str]:
+    """How each searched tuned variant got its settings (compare.tune): the search's size, its objective
+    and where it was measured, the best development value and the settings it chose."""
+    out = []
+    for row in comparison.rows:
+        tune = row.get("tune")
+        if not tune or row["rag"]:
+            continue
+        dev = tune.get("dev") or {}
+        split = (f"{dev['dev_records']} development records held out of the training data ({dev.get('source')})"
+                 if dev.get("dev_records") else "a development split of the training data")
+        goal = "maximising" if tune.get("direction") == "maximize" else "minimising"
+        out.append(f"How {row['variant']} was chosen: a search of {tune['trials']} trials ({tune['complete']} "
+                   f"complete, {tune['pruned']} pruned), {goal} {tune['metric']} on {split}, never on the "
+                   f"eval set; best development {tune['metric']} {fmt(tune['best_value'])} (trial "
+                   f"{tune['best_trial']}), with {settings_text(tune['best_params'])}.")
     return out
 
 

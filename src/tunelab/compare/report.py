@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .comparison import Comparison, fmt
+from .reading import settings_text
 from .table import cell_text, table_columns
 
 SECTIONS = ("Reading", "Comparison table", "Metrics", "Training loss", "Per category", "Retrieval",
@@ -141,6 +142,23 @@ def _retrieval_html(comparison: Comparison) -> str:
             + f'<p class="muted">{html.escape(json.dumps(info, default=str))}</p>')
 
 
+def _tune_html(comparison: Comparison) -> str:
+    """The searches behind the tuned variants (compare.tune), next to the table they explain."""
+    rows = [r for r in comparison.rows if r.get("tune") and not r["rag"]]
+    if not rows:
+        return ""
+    body = []
+    for row in rows:
+        t = row["tune"]
+        body.append([row["variant"], f"{t['trials']} ({t['complete']} complete, {t['pruned']} pruned)",
+                     f"{t['metric']} ({t.get('direction', '')})", fmt(t["best_value"]),
+                     settings_text(t["best_params"]),
+                     t.get("report") or "-"])
+    return ("<p>How the tuned variants were chosen (compare.tune): a search scored on a development split of "
+            "the training data, never on these held-out questions.</p>"
+            + _table(["variant", "trials", "objective", "best dev value", "chosen settings", "search report"], body))
+
+
 def _forgetting_html(comparison: Comparison) -> str:
     forgetting = comparison.extra.get("forgetting")
     if not forgetting:
@@ -189,7 +207,7 @@ def write_report(path: Path, comparison: Comparison, *, title: str, train_logs: 
         "<h2>Reading</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in comparison.reading) + "</ul>",
         "<h2>Comparison table</h2>" + _table(header, body)
         + f'<p class="muted">n = {comparison.n} held-out questions. ± is the standard error of a mean metric; '
-          "[low, high] is a 95% bootstrap interval of a corpus metric.</p>",
+          "[low, high] is a 95% bootstrap interval of a corpus metric.</p>" + _tune_html(comparison),
         f'<h2>Metrics</h2><div class="plots">{metric_plots}</div>',
         "<h2>Training loss</h2>" + (f'<div class="plots">{loss}</div>' if loss
                                     else '<p class="muted">No tuned variant was trained in this run.</p>'),

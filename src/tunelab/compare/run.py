@@ -1,7 +1,8 @@
 """`run(config) -> CompareResult`: evaluate the comparison matrix and write the table and the report.
 
 Inputs: the experiment config, and the tuned variants' training summaries (when the main job trained
-them; otherwise they are read from `<run_dir>/train/<model>/summary.json` when present). Outputs, in
+them; otherwise they are read from `<run_dir>/train/<model>/summary.json` when present) and, with
+compare.tune, how their settings were searched (`<run_dir>/train/<model>/tune.json`). Outputs, in
 `<run_dir>/compare/`: table.md, table.csv, comparison.json, report.html; and per variant
 `<run_dir>/eval/<variant>/` (predictions, summary, cache key).
 """
@@ -26,6 +27,7 @@ from .variants import Variant, build_matrix, file_hash, rag_enabled, stable_hash
 
 RETRIEVAL_KS = (1, 3, 5)
 OUTPUT_KIND = "compare"  # the marker kind of <run_dir>/compare (tunelab.io.atomic_dir)
+TUNE_FILE = "tune.json"  # in a tuned variant's run dir: how compare.tune chose its settings (pipeline writes it)
 
 
 @dataclass
@@ -103,10 +105,11 @@ def setup_retrieval(config: ExperimentConfig, records: list[Record],
     return retrieval, info
 
 
-def _train_summary(variant: Variant) -> dict[str, Any] | None:
+def _weights_json(variant: Variant, name: str) -> dict[str, Any] | None:
+    """A JSON file next to a tuned variant's weights (its training summary, its tune record), or None."""
     if variant.weights is None:
         return None
-    path = variant.weights / "summary.json"
+    path = variant.weights / name
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, ValueError):
@@ -163,7 +166,9 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
 
     results = evaluate_matrix(config, variants, records, retrieval, on_stage=stage, judge=judge)
     for res in results:
-        res.train = _train_summary(res.variant) if res.variant.tuned else None
+        res.train = _weights_json(res.variant, "summary.json") if res.variant.tuned else None
+        if config.compare.tune is not None and res.variant.kind == "tuned":
+            res.tune = _weights_json(res.variant, TUNE_FILE)
     comparison = build_comparison(results, list(config.eval.metrics), retrieval_info)
     comparison.extra["eval_data"] = data_name
     from .forgetting import run_checks

@@ -55,6 +55,8 @@ def _row(res: VariantResult) -> dict[str, Any]:
                                                "trainable_params", "total_params", "status", "steps")}
         row["train"]["final_train_loss"] = tr.get("final_train_loss")
         row["train"]["final_val_loss"] = tr.get("final_val_loss")
+    if res.tune:
+        row["tune"] = res.tune
     return row
 
 

@@ -62,6 +62,22 @@ class VariantConfig(Section):
     adapter: Path | None = Field(None, description="A PEFT adapter or full-model directory; None = the base model.")
 
 
+class TuneConfig(Section):
+    """`compare.tune`: search before training each model's tuned variant (tunelab.pipeline). The space and
+    the objective are the `sweep:` section's (its defaults without one); this section is the budget."""
+
+    trials: int | None = Field(20, gt=0, description="Trials of the search per model (complete or pruned); a "
+                               "rerun adds only the trials its study is missing. None: until timeout_s.")
+    timeout_s: float | None = Field(None, gt=0, description="Stop starting trials for a model after this many "
+                                    "seconds.")
+
+    @model_validator(mode="after")
+    def _has_budget(self) -> TuneConfig:
+        if self.trials is None and self.timeout_s is None:
+            raise ValueError("a search needs a budget: give trials, timeout_s or both")
+        return self
+
+
 class CompareConfig(Section):
     models: list[str] = Field(
         default_factory=list,
@@ -72,6 +88,16 @@ class CompareConfig(Section):
         "auto", description="Add the with-retrieval variant of each; auto = on when rag.docs is set.",
     )
     extra: list[VariantConfig] = Field(default_factory=list, description="Other adapters or models to include.")
+    tune: TuneConfig | None = Field(
+        None, description="Search training settings for each model before training its tuned variant "
+        "(e.g. {trials: 20}): the sweep: section's space and objective, scored on a development split of the "
+        "training data, never the eval set. None: train with the config's settings as they are.")
+
+    @model_validator(mode="after")
+    def _tune_needs_training(self) -> CompareConfig:
+        if self.tune is not None and not self.train:
+            raise ValueError("tune searches the settings of the tuned variants; it needs train: true")
+        return self
 
     @field_validator("rag", mode="before")
     @classmethod

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .base import Section
 from .evaluation import CompareConfig, EvalConfig, RagConfig
@@ -104,6 +105,23 @@ class ExperimentConfig(Section):
             raise ValueError("give data.train or a mixture, not both (each mixture task names its own data)")
         if self.mixture and self.stages:
             raise ValueError("with stages, give the mixture inside the stage that trains on it")
+        return self
+
+    @model_validator(mode="after")
+    def _tune_fits(self) -> ExperimentConfig:
+        if self.compare.tune is None:
+            return self
+        problem = None
+        if self.stages or self.mixture:
+            problem = "searches one training run per trial; a config with stages or a mixture cannot be tuned yet"
+        elif self.eval.data is None and self.data.eval is None:
+            # the search draws its development split from data.train: a test split of data.train would
+            # put the questions the comparison reports into the search's training or scoring
+            problem = ("needs the held-out questions in a file of their own (data.eval or eval.data), apart "
+                       "from data.train, so the search never sees them")
+        if problem:  # reported at compare.tune, so the message names its line in the file
+            raise ValidationError.from_exception_data("ExperimentConfig", [InitErrorDetails(
+                type=PydanticCustomError("value_error", problem), loc=("compare", "tune"), input=None)])
         return self
 
     @property
