@@ -13,6 +13,8 @@ instead of failing with "database is locked".
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +39,53 @@ def open_storage(url: str) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs: dict[str, Any] = {}
+    lock: Any = contextlib.nullcontext  # a factory: each try takes the lock anew
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(url.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as exc:  # SQLAlchemy / driver errors: say which storage, never a traceback
-        from ..secrets import redact_text
+        lock = lambda: _file_lock(db.with_name(db.name + ".lock"))  # noqa: E731
+    # Workers started together all find an empty database and create Optuna's tables at once; the
+    # losers fail with "table ... already exists" or a UNIQUE constraint on alembic_version. SQLite
+    # files get a lock around the creation; any database gets a few tries, the next one finding the
+    # tables made.
+    for attempt in range(OPEN_TRIES):
+        try:
+            with lock():
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as exc:  # SQLAlchemy / driver errors: say which storage, never a traceback
+            if attempt + 1 < OPEN_TRIES and _creation_race(exc):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            from ..secrets import redact_text
 
-        raise TunelabError(f"sweep storage {redact_text(url)} cannot be opened: {redact_text(str(exc))}") from None
+            raise TunelabError(f"sweep storage {redact_text(url)} cannot be opened: "
+                               f"{redact_text(str(exc))}") from None
+    raise AssertionError("unreachable")
+
+
+OPEN_TRIES = 4
+
+
+def _creation_race(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "already exists" in text or "unique constraint" in text or "duplicate" in text
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock on `path` between processes on this machine (fcntl; a no-op where it is absent)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the retries above still cover the race
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def make_sampler(sweep: SweepConfig) -> Any:
