@@ -104,3 +104,19 @@ def test_token_stats_with_a_model(tmp_path, tiny_model_dir):
     tokens = result.manifest["tokens"]
     assert tokens["model"] == str(tiny_model_dir)
     assert tokens["train"]["count"] == result.splits["train"]
+
+
+def test_an_auto_validation_share_is_chosen_from_the_record_count(tmp_path):
+    """data.split.validation left at auto (the default): a small set keeps every pair for training, a large
+    one holds 5% out; the choice and its reason are in the manifest (data/auto_split.py)."""
+    train, _ = make_inputs(tmp_path)
+    small = run(DataConfig(train=[train]), tmp_path / "small")
+    assert small.manifest["splits"].get("validation", 0) == 0 and small.manifest["splits"]["train"] > 0
+    choice = small.manifest["auto"]["data.split.validation"]
+    assert choice["value"] == 0.0 and "every pair trains" in choice["reason"]
+    big = tmp_path / "big.jsonl"
+    big.write_text("\n".join(chat(f"question number {i} about policy {i}?", f"answer {i} is policy {i * 7}.")
+                             for i in range(1200)) + "\n")
+    large = run(DataConfig(train=[big], dedup="exact"), tmp_path / "large")
+    assert large.manifest["auto"]["data.split.validation"]["value"] == 0.05
+    assert large.manifest["splits"]["validation"] == 60

@@ -27,6 +27,7 @@ from typing import Any
 from ..config import DataConfig
 from ..errors import TunelabError
 from ..io import atomic_dir, check_output_dir, write_json, write_jsonl
+from .auto_split import resolve_split
 from .inputs import expand_inputs
 from .records import Record
 
@@ -104,7 +105,6 @@ def run(
     out_dir = Path(out_dir)
     if not config.train:
         raise TunelabError("no input files: give at least one INPUT (or data.train in the config)")
-    config.split.ratios()  # an auto share is resolved by the caller (train.auto); refused here before any work
     inputs = [*config.train, *([config.eval] if config.eval else [])]
     check_output_dir(out_dir, OUTPUT_KIND, inputs)  # before the work: a refused --out costs nothing
     timings: dict[str, float] = {}
@@ -119,6 +119,9 @@ def run(
     stage("reading and validating")
     inputs_read = input_digest(config)  # before reading: an input edited meanwhile is prepared again next time
     train_files, eval_file, read = read_inputs(config)
+    # an auto validation share: chosen from the record count (auto_split.py; training resolves it itself
+    # before calling here, knowing whether the run needs a validation split)
+    config, auto_choices = resolve_split(config, len(read.records), needs=False)
     eval_read = None
     if eval_file is not None:
         eval_read = formats.read_records([eval_file], config.format, skip_invalid=config.skip_invalid,
@@ -230,6 +233,8 @@ def run(
         "timings_s": timings,
         "options": json.loads(config.model_dump_json()),
     }
+    if auto_choices:
+        manifest["auto"] = auto_choices
 
     stage("writing")
     files: list[Path] = []

@@ -30,17 +30,23 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..config import DataConfig, ExperimentConfig, TrainConfig
+from ..config import ExperimentConfig, TrainConfig
 from ..config.training import AUTO
+from ..data.auto_split import (  # noqa: F401  (the split rule lives with the data; re-exported for callers)
+    LARGE_VALIDATION,
+    LARGE_VALIDATION_MAX,
+    SMALL_SET,
+    SMALL_VALIDATION,
+    SPLIT_FIELD,
+    resolve_split,
+    validation_share,
+    with_share,
+)
 from ..digest import text_digest
 from .methods import get_method
 
 Choices = dict[str, dict[str, Any]]  # "train.lr" -> {"value": 0.0002, "reason": "..."}
 
-# A set is small below this many examples: it is learned by repeating it, so it trains on every pair at a
-# constant lr. The team's 136-pair set and the handbook's 396 pairs are small; sets of thousands of pairs
-# have enough steps per epoch for a decay and can spare a validation share.
-SMALL_SET = 1_000
 # Small sets: every example is seen at least this many times (the team's measurement: 5 epochs learned a
 # 136-pair set to 0.578 ROUGE-L). Repeats are what the schedule and the held-out share act on: on the
 # handbook (396 pairs, 32 held-out questions, max_new_tokens 40, bf16) a 24-step run (half an epoch, lr
@@ -52,58 +58,23 @@ SMALL_MIN_EPOCHS = 5
 # steps per epoch) is not left under-trained: at 2e-4 AdamW moves a LoRA adapter little per step.
 SMALL_MIN_STEPS = 100
 SMALL_MAX_EPOCHS = 20  # the bound on repeats a tiny set gets to reach SMALL_MIN_STEPS
-# A small set holds out this share only when something needs a validation split (early stopping,
-# train.eval_every or eval_generate_every set by the user).
-SMALL_VALIDATION = 0.05
 # Large sets: one or two passes (each pair is seen often enough; more overfits), a cosine decay after a
 # short warmup (the usual SFT recipe), and a validation share of 5%, at most 2,000 records (enough for a
 # stable mean loss; a larger one costs evaluation time and training data for nothing).
 LARGE_EPOCHS_BELOW_10K = 2
 LARGE_WARMUP = 0.03
-LARGE_VALIDATION = 0.05
-LARGE_VALIDATION_MAX = 2_000
 # Early stopping acts only when the run evaluates often enough to see a trend: at least this many
 # evaluations, and stops after PATIENCE evaluations without improvement.
 PATIENCE = 3
 MIN_EVALS_FOR_PATIENCE = 6
 
 TRAIN_FIELDS = ("scheduler", "warmup_ratio", "epochs", "lr", "early_stopping_patience")
-SPLIT_FIELD = "data.split.validation"
 
 
 def needs_validation(train: TrainConfig) -> bool:
     """Whether the user asked for something that reads the validation split."""
     patience = train.early_stopping_patience
     return (patience not in (None, AUTO)) or bool(train.eval_every) or bool(train.eval_generate_every)
-
-
-def validation_share(n_records: int, needs: bool) -> tuple[float, str]:
-    """The share of the input records held out for validation loss, and why."""
-    if n_records < SMALL_SET:
-        if needs:
-            return SMALL_VALIDATION, (f"{n_records:,} input records (a small set) and early stopping or an "
-                                      f"evaluation interval asks for a validation split: a tiny share, "
-                                      f"{SMALL_VALIDATION:g}")
-        return 0.0, (f"{n_records:,} input records, under {SMALL_SET:,}: every pair trains (a held-out pair is a "
-                     "fact never learned; holding out 10% cut held-out ROUGE-L from 0.578 to 0.359 with the "
-                     "schedule on a 136-pair set)")
-    share = min(LARGE_VALIDATION, LARGE_VALIDATION_MAX / n_records)
-    return round(share, 6), (f"{n_records:,} input records: {share:.3g} held out for validation loss "
-                             f"({LARGE_VALIDATION:g}, at most {LARGE_VALIDATION_MAX:,} records)")
-
-
-def resolve_split(data: DataConfig, n_records: int, needs: bool) -> tuple[DataConfig, Choices]:
-    """data with its validation share chosen when it is auto (else unchanged, with no choices)."""
-    if data.split.validation != AUTO:
-        return data, {}
-    share, reason = validation_share(n_records, needs)
-    return with_share(data, share), {SPLIT_FIELD: {"value": share, "reason": reason}}
-
-
-def with_share(data: DataConfig, share: float) -> DataConfig:
-    """data with `share` held out for validation (the rest, less the test share, trains)."""
-    split = data.split.model_copy(update={"validation": share, "train": round(1.0 - share - data.split.test, 10)})
-    return data.model_copy(update={"split": split})
 
 
 def epochs_rule(n_examples: int, step_size: int) -> tuple[float, str]:
