@@ -223,3 +223,23 @@ def atomic_dir(path: str | os.PathLike, *, kind: str, inputs: Iterable[str | os.
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on `path` (created, with its folder, if missing) between processes on this
+    machine: for work two tunelab processes must not do at once (converting a model into the cache,
+    preparing a sweep's data, creating a study's tables). POSIX fcntl; elsewhere it does not lock."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: callers keep their own retries for the rare race
+        yield
+        return
+    with open(target, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

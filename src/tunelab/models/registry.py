@@ -10,7 +10,6 @@ go through huggingface_hub's own cache; local directories are used in place.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.metadata
 import json
 import logging
@@ -19,7 +18,6 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,16 +149,9 @@ def model_digest(name_or_path: str | os.PathLike | ModelRef) -> str:
     return path_digest(model_path(name_or_path), skip=(PROVENANCE_FILE,))
 
 
-@contextlib.contextmanager
-def _pull_lock(target: Path) -> Iterator[None]:
+def _pull_lock(target: Path):
     """One converter per cache directory at a time; a second waits, then finds the cache complete."""
-    lock_path = target.with_name(f".{target.name}.lock")
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return io.file_lock(target.with_name(f".{target.name}.lock"))
 
 
 def pull(

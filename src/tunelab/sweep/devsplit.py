@@ -15,18 +15,15 @@ What was held out, its hash and what was dropped is written to <run_dir>/sweep/d
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig, ExperimentConfig, SplitConfig
 from ..errors import TunelabError
-from ..io import write_json
+from ..io import file_lock, write_json
 from ..train.setup import TrainData
 
 
@@ -43,17 +40,10 @@ class DevSplit:
         return self.data.val_records
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path):
     """An exclusive lock on `path` (created if missing): two sweep processes sharing one run directory
     prepare the shared data one after the other; the second then reuses what the first prepared."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(path)
 
 
 def sweep_data_config(config: ExperimentConfig) -> DataConfig:

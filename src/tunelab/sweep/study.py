@@ -20,6 +20,7 @@ from typing import Any
 
 from ..config import ExperimentConfig, SweepConfig
 from ..errors import TunelabError
+from ..io import file_lock
 
 SQLITE_TIMEOUT_S = 60
 
@@ -44,7 +45,7 @@ def open_storage(url: str) -> Any:
         db = Path(url.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-        lock = lambda: _file_lock(db.with_name(db.name + ".lock"))  # noqa: E731
+        lock = lambda: file_lock(db.with_name(db.name + ".lock"))  # noqa: E731
     # Workers started together all find an empty database and create Optuna's tables at once; the
     # losers fail with "table ... already exists" or a UNIQUE constraint on alembic_version. SQLite
     # files get a lock around the creation; any database gets a few tries, the next one finding the
@@ -71,21 +72,6 @@ def _creation_race(exc: Exception) -> bool:
     text = str(exc).lower()
     return "already exists" in text or "unique constraint" in text or "duplicate" in text
 
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock on `path` between processes on this machine (fcntl; a no-op where it is absent)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the retries above still cover the race
-        yield
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def make_sampler(sweep: SweepConfig) -> Any:
