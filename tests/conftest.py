@@ -111,3 +111,14 @@ def train_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
         model.model.norm.weight.mul_(10)
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core machine spinning OpenMP threads slow them."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -249,7 +249,7 @@ def test_data_file_lookup_order(tmp_path, monkeypatch):
 
 def test_no_files_are_looked_for_beside_the_working_directory(tmp_path, monkeypatch):
     _no_default_sources(monkeypatch, tmp_path)
-    beside = tmp_path.joinpath("shared", "benchmarks")  # where wave one looked: ../shared beside the cwd
+    beside = tmp_path.joinpath("shared", "benchmarks")  # where wave one looked: a shared folder beside the cwd
     beside.mkdir(parents=True)
     write_lines(beside / "truthfulqa_mc.jsonl", (SLICES / "truthfulqa_mc.jsonl").read_text().splitlines()[:1])
     (tmp_path / "project").mkdir()

@@ -14,13 +14,7 @@ from tunelab.cli import app
 from tunelab.errors import TunelabError
 from tunelab.models.adapters import apply_adapter, load_with_adapter
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _load(model_dir: Path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from tunelab.config import SynthConfig
 from tunelab.errors import TunelabError
@@ -23,12 +22,7 @@ $n Q/A as {"pairs": [...]} about: $text
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def test_local_teacher_failures_are_counted_by_reason_and_resumed_from_cache(tiny_model_dir, tmp_path):
