@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data", "track"),  # datasets and tracking, used by the stages
     ("evaluate",),  # scoring
     ("synth", "train", "rag"),  # the stages that make things: data, a tuned model, an index
+    ("export", "serve"),  # getting a trained model out: files, the Hub, a server
     ("compare", "pipeline", "quickstart", "sweep"),  # orchestration of the stages
     ("cli",),  # parses and prints
 ]

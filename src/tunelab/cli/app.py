@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from . import config_cmd, data_cmd, models_cmd, rag_cmd, runs_cmd
+from . import config_cmd, data_cmd, export_cmd, models_cmd, rag_cmd, runs_cmd
 from .common import MaskedStream
 from .eval_cmd import evaluate
 from .quickstart_cmd import quickstart
@@ -25,6 +25,7 @@ app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(rag_cmd.app, name="rag")
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(export_cmd.app, name="export")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("quickstart")(quickstart)

@@ -1,0 +1,9 @@
+"""`tunelab export ...`: merge, gguf, verify, hub. Each command lives in its own module and is registered
+here; the work is done by tunelab.export."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Get a trained model out: merged weights, GGUF + Ollama, a parity check, the Hub.",
+                  no_args_is_help=True)
