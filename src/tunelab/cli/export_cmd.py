@@ -5,5 +5,8 @@ from __future__ import annotations
 
 import typer
 
+from .export_gguf_cmd import export_gguf
+
 app = typer.Typer(help="Get a trained model out: merged weights, GGUF + Ollama, a parity check, the Hub.",
                   no_args_is_help=True)
+app.command("gguf")(export_gguf)
