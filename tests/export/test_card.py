@@ -97,6 +97,8 @@ def test_tunelab_train_writes_the_card(tmp_path, base_dir):
     merged = build_card(run_dir, kind="merged", repo="me/faq")
     assert "library_name: transformers" in merged and "base_model_relation: finetune" in merged
     assert 'AutoModelForCausalLM.from_pretrained("me/faq")' in merged and "PeftModel" not in merged
+    printed = CliRunner().invoke(app, ["export", "card", str(run_dir), "--merged", "--repo", "me/faq"])
+    assert printed.exit_code == 0 and printed.stdout == merged
     with pytest.raises(TunelabError, match="choose one of adapter, merged"):
         build_card(run_dir, kind="gguf")
 

@@ -5,5 +5,9 @@ from __future__ import annotations
 
 import typer
 
+from .export_hub_cmd import card, hub
+
 app = typer.Typer(help="Get a trained model out: merged weights, GGUF + Ollama, a parity check, the Hub.",
                   no_args_is_help=True)
+app.command("hub")(hub)
+app.command("card")(card)
