@@ -12,7 +12,8 @@ Every step is skipped when its inputs have not changed, so a second run costs on
   checkpoint when an interrupted run with the same key is there; a run made with another key is moved
   aside to `<model>.replaced-<time>` (never deleted) and training starts over;
 - eval: each variant's predictions are cached under a key of everything they depend on (compare.evaluate);
-- compare and report: always rewritten (cheap).
+- compare and report: always rewritten (cheap), and with them each tuned run's model card (README.md,
+  tunelab.export.card), which then carries the comparison table.
 
 Each step is an MLflow run under the experiment (tunelab.track), with the dataset hash, base model and
 method as tags. Ctrl-C during training saves a checkpoint; the next `tunelab run` resumes it.
@@ -188,6 +189,9 @@ def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = Fals
             tr.status = "KILLED"
             raise Interrupted(f"training was interrupted; a checkpoint is saved in {result.run_dir}: run the same "
                               "command again to resume it (tunelab train: add --resume)")
+        from .export.card import write_run_card
+
+        write_run_card(Path(result.run_dir))  # tunelab's model card as README.md (a user's README is kept)
         for path in sorted(Path(result.run_dir).iterdir()):
             if path.is_file() and path.name != KEY_FILE and not path.name.startswith("."):  # not the marker
                 tr.log_artifact(path, artifact_path="model")
@@ -370,6 +374,11 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
         if not res.cached:
             compare_run.track_variant(tracker, config, res, dataset_hash, parent=compare_id)
     result.compare = compared
+    from .export.card import write_run_card
+
+    for res in compared.results:  # each tuned run's card now carries the comparison table
+        if res.variant.kind == "tuned" and not res.variant.rag and res.variant.weights is not None:
+            write_run_card(res.variant.weights)
     result.steps.append({"step": "evaluate + compare", "status": "ran",
                          "evaluated": [r.variant.id for r in compared.results if not r.cached],
                          "cached": compared.cached, "seconds": round(time.perf_counter() - t, 1)})

@@ -96,6 +96,8 @@ def test_run_end_to_end_then_cached(experiment):
     tuned_dir = Path(train_step["run_dir"])
     for name in ("adapter_config.json", "adapter_model.safetensors", "summary.json", "train_log.jsonl"):
         assert (tuned_dir / name).is_file(), name
+    card = (tuned_dir / "README.md").read_text()  # tunelab's model card, with this comparison's table
+    assert "library_name: peft" in card and "| model tuned + RAG |" in card and "fine-tuning" in card
     for v in variants:
         for name in ("predictions.jsonl", "summary.json", "key.json"):
             assert (run_dir / "eval" / v / name).is_file()

@@ -6,7 +6,10 @@ from __future__ import annotations
 import typer
 
 from .export_gguf_cmd import export_gguf
+from .export_hub_cmd import card, hub
 
 app = typer.Typer(help="Get a trained model out: merged weights, GGUF + Ollama, a parity check, the Hub.",
                   no_args_is_help=True)
 app.command("gguf")(export_gguf)
+app.command("hub")(hub)
+app.command("card")(card)

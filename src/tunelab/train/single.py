@@ -383,7 +383,8 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
     if outcome.status != "interrupted":
         whole = distributed.full_state_dict(session.model) if dist is not None and dist.fsdp else None
         if is_main:
-            artifact = save_artifacts(run_dir, session.model, session.tokenizer, adapter, whole)
+            artifact = save_artifacts(run_dir, session.model, session.tokenizer, adapter, whole,
+                                      base=config.model.name)
     summary = _summary(config, session, outcome.state, outcome.status, outcome.last_eval,
                        time.perf_counter() - started, artifact)
     summary["end_weights_sha256"] = weights_digest(setup.params) if adapter else None
