@@ -5,5 +5,9 @@ from __future__ import annotations
 
 import typer
 
+from .export_merge_cmd import merge, verify
+
 app = typer.Typer(help="Get a trained model out: merged weights, GGUF + Ollama, a parity check, the Hub.",
                   no_args_is_help=True)
+app.command("merge")(merge)
+app.command("verify")(verify)
