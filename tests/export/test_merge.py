@@ -149,3 +149,20 @@ def test_a_run_directory_is_required(tmp_path):
     with pytest.raises(TunelabError, match="has training finished"):
         merge_run(broken, tmp_path / "out")
     shutil.rmtree(broken)
+
+
+def test_merged_dir_carries_its_own_card(lora_run, tmp_path):
+    out = tmp_path / "merged"
+    merge_run(lora_run, out, verify=False)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---") and "library_name: transformers" in card and "lora" in card.lower()
+
+
+def test_export_gguf_from_a_run_merges_writes_the_modelfile_and_verifies(lora_run, tmp_path):
+    from tunelab.export.to_gguf import export_gguf
+
+    done = export_gguf(lora_run, tmp_path / "tuned.gguf", quant="f32")
+    assert done.verify is not None and done.verify.passed, done.verify.reasons
+    assert done.gguf.chat_template == RUN_TEMPLATE  # the run's template, not the base model's
+    assert done.modelfile is not None and 'PARAMETER stop "<|im_end|>"' in done.modelfile.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned.Modelfile", "tuned.gguf", "tuned.gguf.tunelab.json"]

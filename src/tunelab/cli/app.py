@@ -38,6 +38,7 @@ def main() -> None:
     # Library progress bars (weight loading, hub downloads) would interleave with tunelab's own; our
     # commands show one progress display per step instead.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # bars libraries draw with plain tqdm (transformers' GGUF loader)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Everything this process prints (results, warnings, log lines, progress) passes the secret redactor.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -13,28 +12,25 @@ from .common import JsonOption, emit, err_console, handle_errors
 
 @handle_errors
 def export_gguf(
-    model_dir: Path = typer.Argument(..., help="A Hugging Face model directory (safetensors, config, tokenizer)."),
+    source: Path = typer.Argument(..., help="A training run directory (merged first), or a Hugging Face model "
+                                  "directory (safetensors, config, tokenizer)."),
     out: Path = typer.Option(..., "--out", help="The GGUF file to write (its Modelfile goes beside it)."),
     quant: str = typer.Option("f16", "--quant", help="f32 | f16 | bf16 | q8_0"),
     name: str = typer.Option(None, "--name", help="general.name in the GGUF (default: the directory's name)."),
     modelfile: bool = typer.Option(True, "--modelfile/--no-modelfile", help="Write the Ollama Modelfile."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare the GGUF with the trained model "
+                                "(base + adapter) on a fixed prompt set; exit 1 when it fails."),
+    run: Path = typer.Option(None, "--run", help="For a model directory: the training run it was merged from, "
+                             "to verify against."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Write a model directory as GGUF (llama, gemma3) with its training chat template, plus an Ollama Modelfile."""
-    from ..export.gguf import write_gguf
-    from ..export.ollama import modelfile_params, write_modelfile
+    """Write a training run or a model directory as GGUF (llama, gemma3) with its training chat template,
+    plus an Ollama Modelfile, and check the GGUF behaves like the trained model."""
+    from ..export.to_gguf import export_gguf as run_export
 
     with err_console.status(f"writing {out}"):
-        result = write_gguf(model_dir, out, quant=quant, name=name)
-    data = result.to_dict()
-    if modelfile:
-        generation_file = Path(model_dir) / "generation_config.json"
-        generation = json.loads(generation_file.read_text()) if generation_file.is_file() else {}
-        wanted = {k: generation.get(k) for k in ("do_sample", "temperature", "top_p", "top_k",
-                                                 "repetition_penalty", "max_new_tokens")}
-        path = write_modelfile(result.path, chat_template=result.chat_template,
-                               stop_tokens=result.template["stop_tokens"], params=modelfile_params(wanted))
-        data["modelfile"] = str(path)
+        done = run_export(source, out, quant=quant, name=name, modelfile=modelfile, verify=verify, run=run)
+    result = done.gguf
 
     def render(console: Console) -> None:
         kinds = ", ".join(f"{n} {t}" for t, n in sorted(result.tensor_types.items()))
@@ -42,7 +38,11 @@ def export_gguf(
                       f"{result.size_bytes / 1e6:.1f} MB ({kinds})")
         console.print(f"  chat template {result.template['name']} ({result.template['sha256'][:12]}), "
                       f"stops on {result.template['stop_tokens']}")
-        if modelfile:
-            console.print(f"  Ollama: ollama create NAME -f {data['modelfile']}")
+        if done.modelfile:
+            console.print(f"  Ollama: ollama create NAME -f {done.modelfile}")
+        for line in done.messages:
+            console.print(f"  {line}")
 
-    emit(data, as_json, render)
+    emit(done.to_dict(), as_json, render)
+    if done.verify is not None and not done.verify.passed:
+        raise typer.Exit(1)

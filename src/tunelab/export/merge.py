@@ -41,6 +41,8 @@ from typing import Any
 
 from ..errors import TunelabError
 from ..io import atomic_dir, check_output_dir, write_json
+from ..secrets import redact_text
+from .card import build_card
 from .source import RunSource, load_base, public_base_id, read_run, run_tokenizer, unmergeable_error
 from .verify import VerifyResult
 from .verify import verify as verify_artifact
@@ -88,6 +90,8 @@ def merge_run(run_dir: Path, out: Path, *, dtype: str = "auto", verify: bool = T
             result.messages.append(f"verify: {result.verify.verdict}"
                                    + (f" ({'; '.join(result.verify.reasons)})" if result.verify.reasons else ""))
         write_json(tmp / MANIFEST, _manifest(source, result))
+        # the merged model's own card (base, training, comparison), so `export hub DIR` needs no --run
+        (tmp / "README.md").write_text(redact_text(build_card(run_dir, kind="merged")), encoding="utf-8")
     return result
 
 
