@@ -289,3 +289,62 @@ def test_unknown_and_missing_engines(varied_dir, monkeypatch):
     facts = {k: e.facts() for k, e in ENGINES.items()}
     assert facts["transformers"]["mixed_batches"] and not facts["llama.cpp"]["mixed_batches"]
     assert facts["vllm"]["needs"] == "a CUDA GPU"
+
+
+class _FakeLlama:
+    """Stands in for llama_cpp.Llama (not installed here), with the calls the engine makes: it replays a
+    fixed token sequence, so the engine's own path (GGUF resolution, the GGUF's template and tokenizer, the
+    worker thread, stop handling) is what is tested."""
+
+    made: list[dict] = []
+    reply: list[int] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.metadata = {"tokenizer.chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                                                    "{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"}
+        _FakeLlama.made.append(kwargs)
+
+    def token_eos(self) -> int:
+        return 2
+
+    def set_seed(self, seed: int) -> None:
+        self.seed = seed
+
+    def generate(self, tokens, **kwargs):
+        assert kwargs["temp"] == 0.0 and kwargs["top_k"] == 0 and kwargs["reset"]
+        yield from self.reply
+
+
+def test_llamacpp_engine_path_with_a_stand_in_binding(tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.spec_from_file_location("models_fixtures", Path(__file__).parents[1] / "models" / "conftest.py")
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    gguf = fixtures.write_tiny_gguf(tiny_model_dir, tmp_path / "tiny.gguf", tiny_tokenizer.chat_template)
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=_FakeLlama))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object())
+    _FakeLlama.made.clear()
+    _FakeLlama.reply = tiny_tokenizer("Paris is the capital", add_special_tokens=False)["input_ids"] + [
+        tiny_tokenizer.convert_tokens_to_ids("<|im_end|>"), 5, 6]
+    with pytest.raises(TunelabError, match="needs a LoRA adapter in GGUF format"):
+        run = tmp_path / "run"  # a PEFT run directory, as the transformers engine takes
+        run.mkdir()
+        (run / "adapter_config.json").write_text("{}")
+        load_engine("llama.cpp", str(gguf), {"a": run})
+    eng = load_engine("llama.cpp", str(gguf), {})
+    try:
+        assert eng.kind == "llama.cpp" and eng.model_names() == ["tiny"] and eng.context_length() == 256
+        assert _FakeLlama.made[-1] == {"model_path": str(gguf), "n_ctx": 256, "verbose": False}
+        ids = eng.render_chat([{"role": "user", "content": "hello"}])
+        # the GGUF's own template (jinja drops its final newline: how this one differs from the fixture's)
+        assert tiny_tokenizer.decode(ids) == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant"
+        text, _, last = eng.submit(GenerationRequest("tiny", ids, 20)).result()
+        assert text == "Paris is the capital" and last.finish_reason == "stop"  # the end-of-turn token stopped it
+        text, _, last = eng.submit(GenerationRequest("tiny", ids, 20, stop=[" the"])).result()
+        assert text == "Paris is" and last.finish_reason == "stop"
+    finally:
+        eng.close()
