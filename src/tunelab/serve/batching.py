@@ -23,7 +23,6 @@ does not depend on what else is in the batch.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import secrets
@@ -44,7 +43,7 @@ from ..models.generate import (
     accepts_logits_to_keep,
     stop_token_ids,
 )
-from .engine import Generation, GenerationRequest, Stream, chat_ids, check_request
+from .engine import EngineBase, Generation, GenerationRequest, Stream
 
 log = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -61,7 +60,7 @@ class _Row:
         return self.gen.stream
 
 
-class TransformersEngine:
+class TransformersEngine(EngineBase):
     """Continuous batching over a loaded causal LM (optionally a PeftModel with several LoRA adapters).
 
     `adapters` maps a served name to the PEFT adapter name loaded on `model`. `max_batch=1` serves one
@@ -74,11 +73,9 @@ class TransformersEngine:
         if max_batch < 1:
             raise TunelabError(f"max_batch must be at least 1 (got {max_batch})")
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.base_name = base_name
         self.adapters = dict(adapters or {})
+        super().__init__(tokenizer, base_name, list(self.adapters), _max_positions(model) or 2048, notes)
         self.max_batch = max_batch
-        self.notes = list(notes or [])
         self.device = next(model.parameters()).device
         self.stop_token_ids = stop_token_ids(model, tokenizer)
         if not self.stop_token_ids:
@@ -87,9 +84,7 @@ class TransformersEngine:
         self.pad_id = pad if pad is not None else min(self.stop_token_ids)
         self._keep_last = accepts_logits_to_keep(model)
         self._peft = hasattr(model, "peft_config")
-        self._context = _max_positions(model) or 2048
         self._threads = threads or int(os.environ.get("TUNELAB_THREADS", 0)) or None
-        self._ids = itertools.count()
         self._cond = threading.Condition()
         self._waiting: deque[_Row] = deque()
         self._closing = False
@@ -105,19 +100,9 @@ class TransformersEngine:
         self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
         self._thread.start()
 
-    # -- the Engine interface ----------------------------------------------------------------------------
-    def model_names(self) -> list[str]:
-        return [self.base_name, *self.adapters]
-
-    def context_length(self) -> int:
-        return self._context
-
-    def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        return chat_ids(self.tokenizer, messages)
-
+    # -- the Engine interface (names, context and chat rendering come from EngineBase) -------------------
     def submit(self, request: GenerationRequest) -> Stream:
-        max_new = check_request(request, self.model_names(), self._context)
-        stream = Stream(f"req-{next(self._ids)}", len(request.prompt_ids))
+        stream, max_new = self._open(request)
         rng = None
         if request.temperature > 0:
             rng = torch.Generator(device=self.device)
@@ -317,13 +302,7 @@ def load_transformers_engine(base: str, adapters: dict[str, Path], *, device: st
     target = resolve_device(device)
     ref = resolve(base)
     name = served.served_name(ref)
-    checked: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for served_as, path in adapters.items():
-        served.check_adapter_name(served_as, [name, *checked])
-        directory = served.adapter_dir(path)
-        config = served.check_mixable(served_as, directory)
-        served.check_base(served_as, directory, config, base)
-        checked[served_as] = (directory, config)
+    checked = served.check_adapters(base, name, adapters)
     t0 = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(ref, dtype=dtype, device=target)
     notes = served.choose_template(tokenizer, {n: d for n, (d, _) in checked.items()})

@@ -18,6 +18,7 @@ Shared here, so every engine streams text the same way:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -60,6 +61,34 @@ class Engine(Protocol):
     def submit(self, request: GenerationRequest) -> Stream: ...  # thread-safe; TunelabError for unknown model
     def stats(self) -> dict[str, float]: ...  # at least queue_depth, batch_size (running rows)
     def close(self) -> None: ...
+
+
+class EngineBase:
+    """What every engine does alike: its served names (base first), its context, chat rendering with the
+    training template, and turning a checked request into a Stream."""
+
+    def __init__(self, tokenizer: Any, base_name: str, adapter_names: list[str], context: int,
+                 notes: list[str] | None = None):
+        self.tokenizer = tokenizer
+        self.base_name = base_name
+        self._adapter_names = list(adapter_names)
+        self._context = context
+        self.notes = list(notes or [])  # what loading said (a template difference, an untrained adapter)
+        self._request_ids = itertools.count()
+
+    def model_names(self) -> list[str]:
+        return [self.base_name, *self._adapter_names]
+
+    def context_length(self) -> int:
+        return self._context
+
+    def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        return chat_ids(self.tokenizer, messages)
+
+    def _open(self, request: GenerationRequest) -> tuple[Stream, int]:
+        """A Stream for a valid request, and the max_tokens it can have (TunelabError if invalid)."""
+        max_new = check_request(request, self.model_names(), self._context)
+        return Stream(f"req-{next(self._request_ids)}", len(request.prompt_ids)), max_new
 
 
 def check_request(request: GenerationRequest, names: list[str], context: int) -> int:

@@ -15,7 +15,6 @@ streamed text behave identically across engines.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import secrets
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TunelabError
-from .engine import Generation, GenerationRequest, Stream, chat_ids, check_request
+from .engine import EngineBase, Generation, GenerationRequest, Stream
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install llama-cpp-python"
@@ -70,7 +69,7 @@ def lora_gguf(name: str, path: Path) -> Path:
                        "`tunelab export gguf RUN --out FILE.gguf` and serve that as --model")
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(EngineBase):
     kind = "llama.cpp"
 
     def __init__(self, llms: dict[str, Any], tokenizer: Any, base_name: str, context: int,
@@ -79,10 +78,7 @@ class LlamaCppEngine:
         from ..models.templates import stop_token_ids
 
         self._llms = llms  # served name -> Llama (base name first)
-        self.tokenizer = tokenizer
-        self.base_name = base_name
-        self.notes = list(notes or [])
-        self._context = context
+        super().__init__(tokenizer, base_name, [n for n in llms if n != base_name], context, notes)
         self._cleanup = cleanup
         self._single_token_stops = _single_token_stops
         # the template's end-of-turn token(s), the tokenizer's eos and the GGUF's own eos
@@ -91,25 +87,14 @@ class LlamaCppEngine:
         if not self.stop_token_ids:
             raise TunelabError("the GGUF's tokenizer has no end-of-sequence token; generation could never stop")
         self._queue: queue.Queue[Generation | None] = queue.Queue()
-        self._ids = itertools.count()
         self._lock = threading.Lock()
         self._running = 0
         self._counters = {"tokens_generated": 0, "requests_finished": 0}
         self._thread = threading.Thread(target=self._run, name="tunelab-llamacpp", daemon=True)
         self._thread.start()
 
-    def model_names(self) -> list[str]:
-        return list(self._llms)
-
-    def context_length(self) -> int:
-        return self._context
-
-    def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        return chat_ids(self.tokenizer, messages)
-
     def submit(self, request: GenerationRequest) -> Stream:
-        max_new = check_request(request, self.model_names(), self._context)
-        stream = Stream(f"req-{next(self._ids)}", len(request.prompt_ids))
+        stream, max_new = self._open(request)
         stops = self.stop_token_ids | self._single_token_stops(self.tokenizer, request.stop)
         self._queue.put(Generation(stream, request, max_new, stops, self.tokenizer))
         return stream

@@ -130,6 +130,18 @@ def check_base(name: str, directory: Path, config: dict[str, Any], base: str) ->
                        f"but the server's base model is {base}; serve it with --model set to its base")
 
 
+def check_adapters(base: str, base_name: str, adapters: dict[str, Path]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Every adapter checked before any weights load: served name -> (its adapter directory, its config)."""
+    checked: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for name, path in adapters.items():
+        check_adapter_name(name, [base_name, *checked])
+        directory = adapter_dir(path)
+        config = check_mixable(name, directory)
+        check_base(name, directory, config, base)
+        checked[name] = (directory, config)
+    return checked
+
+
 def choose_template(tokenizer: Any, adapters: dict[str, Path]) -> list[str]:
     """Make the tokenizer's chat template the one the adapters were trained with; return notes to show.
 

@@ -11,14 +11,13 @@ vLLM applies stop strings and end-of-turn tokens itself (the same ones the trans
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 from ..errors import TunelabError
-from .engine import Delta, GenerationRequest, Stream, chat_ids, check_request
+from .engine import Delta, EngineBase, GenerationRequest, Stream
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install vllm"
@@ -35,37 +34,23 @@ def _vllm() -> Any:
     return vllm
 
 
-class VllmEngine:
+class VllmEngine(EngineBase):
     kind = "vllm"
 
     def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, tokenizer: Any, base_name: str,
                  loras: dict[str, Any], context: int, max_batch: int, stop_ids: set[int], notes: list[str]):
+        super().__init__(tokenizer, base_name, list(loras), context, notes)
         self._engine = engine
         self._loop = loop
-        self.tokenizer = tokenizer
-        self.base_name = base_name
         self._loras = loras  # served name -> LoRARequest
-        self._context = context
         self._max_batch = max_batch
         self._stop_ids = stop_ids
-        self.notes = notes
-        self._ids = itertools.count()
         self._lock = threading.Lock()
         self._in_flight = 0
         self._counters = {"tokens_generated": 0, "requests_finished": 0}
 
-    def model_names(self) -> list[str]:
-        return [self.base_name, *self._loras]
-
-    def context_length(self) -> int:
-        return self._context
-
-    def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        return chat_ids(self.tokenizer, messages)
-
     def submit(self, request: GenerationRequest) -> Stream:
-        max_new = check_request(request, self.model_names(), self._context)
-        stream = Stream(f"req-{next(self._ids)}", len(request.prompt_ids))
+        stream, max_new = self._open(request)
         with self._lock:
             self._in_flight += 1
         asyncio.run_coroutine_threadsafe(self._serve(stream, request, max_new), self._loop)
@@ -144,13 +129,7 @@ def load_vllm_engine(base: str, adapters: dict[str, Path], *, device: str = "aut
         raise TunelabError(f"engine 'vllm' runs on a CUDA GPU, not on device '{device}'")
     ref = resolve(base)
     name = served.served_name(ref)
-    checked: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for served_as, path in adapters.items():
-        served.check_adapter_name(served_as, [name, *checked])
-        directory = served.adapter_dir(path)
-        config = served.check_mixable(served_as, directory)
-        served.check_base(served_as, directory, config, base)
-        checked[served_as] = (directory, config)
+    checked = served.check_adapters(base, name, adapters)
     directory = model_path(ref)
     tokenizer = load_tokenizer(ref)
     notes = served.choose_template(tokenizer, {n: d for n, (d, _) in checked.items()})
