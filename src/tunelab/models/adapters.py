@@ -76,8 +76,12 @@ def adapter_tensors(adapter: Path) -> dict[str, Any]:
     raise TunelabError(f"{adapter}: no adapter weights ({' or '.join(WEIGHT_FILES)})")
 
 
-def apply_adapter(model: Any, adapter: str | Path, *, base_name: str, check_outputs: bool = True) -> tuple[Any, AdapterReport]:
-    """`model` wrapped by the PEFT adapter at `adapter`, after the checks in the module docstring."""
+def apply_adapter(model: Any, adapter: str | Path, *, base_name: str, check_outputs: bool = True,
+                  adapter_name: str = "default") -> tuple[Any, AdapterReport]:
+    """`model` wrapped by the PEFT adapter at `adapter`, after the checks in the module docstring.
+
+    When `model` is already a PeftModel the adapter is added to it as `adapter_name` (several adapters on
+    one base, as the server serves them); the active adapter is then `adapter_name`."""
     from peft import PeftModel
 
     adapter = Path(adapter)
@@ -89,14 +93,19 @@ def apply_adapter(model: Any, adapter: str | Path, *, base_name: str, check_outp
         with warnings.catch_warnings():
             # PEFT only warns about missing keys; _check_keys below makes that an error with the names.
             warnings.filterwarnings("ignore", message="Found missing adapter keys")
-            peft_model = PeftModel.from_pretrained(model, str(adapter))
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(adapter), adapter_name=adapter_name)
+                model.set_adapter(adapter_name)
+                peft_model = model
+            else:
+                peft_model = PeftModel.from_pretrained(model, str(adapter), adapter_name=adapter_name)
     except Exception as exc:  # shape or architecture mismatch from PEFT/torch
         detail = " ".join(str(exc).split())
         if len(detail) > 600:
             detail = detail[:600] + " ..."
         raise TunelabError(f"adapter {adapter} does not fit base model {base_name}{recorded}: {detail}") from None
     peft_model.eval()
-    _check_keys(peft_model, file_tensors, adapter, base_name, recorded)
+    _check_keys(peft_model, file_tensors, adapter, base_name, recorded, adapter_name)
     report = AdapterReport(
         adapter=str(adapter), base=base_name, peft_type=config.get("peft_type"), trained_on=trained_on,
         tensors=len(file_tensors), changes_outputs=True, max_logit_change=float("nan"),
@@ -110,10 +119,11 @@ def apply_adapter(model: Any, adapter: str | Path, *, base_name: str, check_outp
     return peft_model, report
 
 
-def _check_keys(peft_model: Any, file_tensors: dict[str, Any], adapter: Path, base_name: str, recorded: str) -> None:
+def _check_keys(peft_model: Any, file_tensors: dict[str, Any], adapter: Path, base_name: str, recorded: str,
+                adapter_name: str = "default") -> None:
     from peft import get_peft_model_state_dict
 
-    expected = set(get_peft_model_state_dict(peft_model, save_embedding_layers=False))
+    expected = set(get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False))
     loaded = set(file_tensors)
     base_params = {k for k, _ in peft_model.get_base_model().named_parameters()}
     # Whole layers saved next to the adapter (resized embeddings, modules_to_save) go into base modules.
