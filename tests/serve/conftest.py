@@ -140,6 +140,7 @@ class SequentialEngine:
         self.max_running = 0
         self.cancelled: list[GenerationRequest] = []
         self.submitted: list[GenerationRequest] = []
+        self.streams: list[_Stream] = []
         self._worker = threading.Thread(target=self._work, daemon=True)
         self._worker.start()
 
@@ -159,6 +160,7 @@ class SequentialEngine:
             raise TunelabError(f"unknown model '{request.model}'")
         stream = _Stream(request)
         self.submitted.append(request)
+        self.streams.append(stream)
         self.queue.put(stream)
         return stream
 

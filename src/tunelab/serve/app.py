@@ -16,8 +16,8 @@ How a request is kept honest:
   watches the connection: a timeout answers 504, a client that went away (streaming or not) is counted as
   499, and in both cases the engine Stream is cancelled, so its batch slot is freed at the next step.
   Handlers never block a thread per request: they await the Stream's async iterator.
-- with an API key configured, every /v1 route and /metrics needs `Authorization: Bearer KEY` (compared in
-  constant time); /health does not, so a load balancer can probe without it.
+- with an API key configured, every /v1 route and /metrics needs it as the bearer token of the
+  Authorization header (compared in constant time); /health does not, so a load balancer can probe without it.
 
 With a feedback database, each answer is stored (prompt messages and answer, by completion id) so that
 POST /v1/feedback {"completion_id", "rating", "preferred_answer", "note"} can later become a preference
@@ -191,7 +191,8 @@ class _Server:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            raise APIError(401, "no API key given: send 'Authorization: Bearer YOUR_KEY'", code="invalid_api_key")
+            raise APIError(401, "no API key given: send it as the bearer token of the Authorization header",
+                           code="invalid_api_key")
         if not hmac.compare_digest(given.strip().encode(), self.key):
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
