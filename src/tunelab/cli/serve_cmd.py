@@ -55,11 +55,9 @@ def serve(
 ) -> None:
     """Serve a model and its adapters over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
     /v1/models), with streaming, batching, /metrics and feedback."""
-    from ..secrets import register_secret
     from ..serve.app import create_app
     from ..serve.names import check_adapters, served_base_name
 
-    register_secret(api_key)  # masked in every log line, error and message from here on
     adapters = {name: Path(run) for name, run in parse_pairs(adapter, "--adapter", "NAME=RUN",
                                                              "support=runs/exp/train").items()}
     base_name = served_base_name(model)

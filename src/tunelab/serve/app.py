@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.feedback import FeedbackStore
 from ..errors import TunelabError
-from ..secrets import redact_text
+from ..secrets import redact_text, register_secret
 from .engine import GenerationRequest
 from .metrics import CONTENT_TYPE, Monitor
 from .protocol import (
@@ -109,6 +109,7 @@ def create_app(engine: Any, *, api_key: str | None, served_name: str, request_ti
         raise TunelabError(f"request timeout {request_timeout_s}: give a positive number of seconds")
     if max_tokens_limit < 1:
         raise TunelabError(f"max_tokens limit {max_tokens_limit}: give at least 1")
+    register_secret(api_key)  # masked in the request log and in every error message from here on
     names = list(engine.model_names())
     if served_name in names[1:]:
         raise TunelabError(f"the base model's served name '{served_name}' is also an adapter's name; rename one")
