@@ -283,3 +283,16 @@ def test_the_request_log_has_one_line_per_request_without_prompts_or_secrets(ser
     assert bad["status"] == 404 and bad["model"] == "unknown" and bad["error"]
     text = log.read_text()
     assert secret_prompt not in text and key_like not in text
+
+
+def test_an_engine_failure_is_a_500_in_openai_shape_whole_or_streamed(serve, make_client, engine, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory on the test device")
+
+    monkeypatch.setattr(engine.raw, "generate", broken)
+    c = make_client(serve())
+    with pytest.raises(openai.InternalServerError) as err:
+        c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3)
+    assert err.value.body["type"] == "server_error" and "out of memory" in err.value.body["message"]
+    with pytest.raises(openai.APIError, match="out of memory"):
+        list(c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3, stream=True))

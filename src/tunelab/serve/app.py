@@ -31,7 +31,7 @@ import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,9 @@ class _Job:
     deadline: float
     t0: float
     checked: float = 0.0  # when the connection was last checked
+    last: Any = None  # the engine's latest Delta
+    ttft: float | None = None
+    parts: list[str] = field(default_factory=list)
 
 
 def create_app(engine: Any, *, api_key: str | None, served_name: str, request_timeout_s: float,
@@ -342,12 +345,30 @@ class _Server:
                         "cancelled", type="timeout_error", code="request_timeout")
 
     @staticmethod
-    def _engine_error(delta: Any) -> APIError | None:
-        if delta.finish_reason == "error":
-            return APIError(500, f"generation failed: {delta.error or 'engine error'}", type="server_error")
-        if delta.finish_reason == "cancelled":
+    def _engine_error(job: _Job) -> APIError | None:
+        """Why the engine's last word on `job` is not an answer, if it is not."""
+        last = job.last
+        if last is None:
+            return APIError(500, "the engine ended the request without an answer", type="server_error")
+        if last.finish_reason == "error":
+            return APIError(500, f"generation failed: {last.error or 'engine error'}", type="server_error")
+        if last.finish_reason == "cancelled":
             return APIError(503, "the engine cancelled the request (is it shutting down?)", type="server_error")
         return None
+
+    async def _pieces(self, request: Request, job: _Job) -> AsyncIterator[str]:
+        """The answer's text as the engine makes it; job.last, job.ttft and job.parts follow along."""
+        ait = job.stream.__aiter__()
+        while job.last is None or job.last.finish_reason is None:
+            try:
+                job.last = await self._next(ait, request, job)
+            except StopAsyncIteration:
+                return
+            if job.last.text:
+                if job.ttft is None:
+                    job.ttft = time.perf_counter() - job.t0
+                job.parts.append(job.last.text)
+                yield job.last.text
 
     async def _store(self, job: _Job, text: str, finish_reason: str) -> None:
         if self.store is not None:
@@ -355,19 +376,9 @@ class _Server:
                                     finish_reason)
 
     async def _whole(self, request: Request, job: _Job) -> Response:
-        parts: list[str] = []
-        ttft = None
-        last = None
-        ait = job.stream.__aiter__()
         try:
-            while last is None or last.finish_reason is None:
-                try:
-                    last = await self._next(ait, request, job)
-                except StopAsyncIteration:
-                    break
-                if last.text:
-                    ttft = ttft if ttft is not None else time.perf_counter() - job.t0
-                    parts.append(last.text)
+            async for _ in self._pieces(request, job):
+                pass
         except _Gone:
             job.stream.cancel()
             self._finish(request, _CLIENT_GONE, model=job.model, request_id=job.reply.id, prompt_tokens=job.n_prompt,
@@ -379,45 +390,34 @@ class _Server:
         except BaseException:
             job.stream.cancel()
             raise
-        if last is None:
-            raise APIError(500, "the engine ended the request without an answer", type="server_error")
-        err = self._engine_error(last)
+        err = self._engine_error(job)
         if err is not None:
             raise err
-        text = "".join(parts)
+        last, text = job.last, "".join(job.parts)
         await self._store(job, text, last.finish_reason)
         self._finish(request, 200, model=job.model, request_id=job.reply.id, prompt_tokens=last.prompt_tokens,
-                     completion_tokens=last.completion_tokens, ttft_s=ttft, finish_reason=last.finish_reason)
+                     completion_tokens=last.completion_tokens, ttft_s=job.ttft, finish_reason=last.finish_reason)
         return JSONResponse(job.reply.full(text, last.finish_reason, last.prompt_tokens, last.completion_tokens))
 
     async def _events(self, request: Request, job: _Job) -> AsyncIterator[bytes]:
         """The SSE stream of one request; always counts and logs it once, and cancels the engine Stream
         unless it finished."""
         reply, usage = job.reply, job.include_usage
-        status, ttft, last, err = 200, None, None, None
-        parts: list[str] = []
+        status, err = 200, None
         done = False
-        ait = job.stream.__aiter__()
         try:
             if reply.chat:
                 yield sse(reply.chunk("", first=True, with_usage=usage))
-            while last is None or last.finish_reason is None:
-                try:
-                    last = await self._next(ait, request, job)
-                except StopAsyncIteration:
-                    break
-                if last.text:
-                    ttft = ttft if ttft is not None else time.perf_counter() - job.t0
-                    parts.append(last.text)
-                    yield sse(reply.chunk(last.text, with_usage=usage))
+            async for piece in self._pieces(request, job):
+                yield sse(reply.chunk(piece, with_usage=usage))
             done = True
-            err = APIError(500, "the engine ended the request without an answer", type="server_error") \
-                if last is None else self._engine_error(last)
+            err = self._engine_error(job)
             if err is not None:
                 status = err.status
                 yield sse(err.body())
                 return
-            await self._store(job, "".join(parts), last.finish_reason)
+            last = job.last
+            await self._store(job, "".join(job.parts), last.finish_reason)
             yield sse(reply.chunk(None, last.finish_reason, with_usage=usage))
             if usage:
                 yield sse(reply.usage_chunk(last.prompt_tokens, last.completion_tokens))
@@ -434,7 +434,8 @@ class _Server:
         finally:
             if not done:
                 job.stream.cancel()
+            last = job.last
             self._finish(request, status, model=job.model, request_id=reply.id,
                          prompt_tokens=last.prompt_tokens if last else job.n_prompt,
-                         completion_tokens=last.completion_tokens if last else None, ttft_s=ttft,
+                         completion_tokens=last.completion_tokens if last else None, ttft_s=job.ttft,
                          finish_reason=(last.finish_reason if last and done else "cancelled"), error=err)
