@@ -76,7 +76,10 @@ class _Stream:
             self._cond.notify_all()
             wakers = list(self._wakers)
         for loop, event in wakers:
-            loop.call_soon_threadsafe(event.set)
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that reader's event loop is closed (its server stopped): nobody to wake
+                pass
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -132,8 +135,10 @@ class SequentialEngine:
         for name in ADAPTERS[1:]:
             self.model.add_adapter(name, LoraConfig(**cfg))
         self.model.eval()
+        threads = torch.get_num_threads()  # Generator sets torch's process-wide count: leave it as found
         self.generator = Generator(self.model, self.tokenizer, chat_template=True, threads=1)
         self.raw = Generator(self.model, self.tokenizer, chat_template=False, threads=1)
+        torch.set_num_threads(threads)
         self.token_delay_s = token_delay_s
         self.queue: queue.Queue[_Stream | None] = queue.Queue()
         self.running = 0

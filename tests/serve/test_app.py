@@ -76,6 +76,18 @@ def test_the_stream_is_openai_sse_ending_in_done_with_usage_when_asked(serve):
     assert events[-1] == "data: [DONE]" and all("usage" not in json.loads(e[6:]) for e in events[:-1])
 
 
+def test_content_given_as_text_parts_is_the_same_prompt(serve, make_client):
+    c = make_client(serve())
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}]
+    a = c.chat.completions.create(model="beta", messages=HELLO, max_tokens=4, temperature=0)
+    b = c.chat.completions.create(model="beta", messages=parts, max_tokens=4, temperature=0)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.usage.prompt_tokens == b.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model="beta", max_tokens=4, messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])
+
+
 def test_completions_take_text_or_token_ids(serve, make_client, engine):
     c = make_client(serve())
     r = c.completions.create(model="beta", prompt="hello world", max_tokens=4, temperature=0)
@@ -260,6 +272,9 @@ def test_metrics_count_requests_errors_tokens_and_engine_gauges(serve, make_clie
     assert _samples(text, "tunelab_time_to_first_token_seconds_count")[(("endpoint", "completions"),
                                                                        ("model", "beta"))] == 1
     assert _samples(text, "tunelab_engine_queue_depth") and _samples(text, "tunelab_engine_batch_size")
+    httpx.post(server.url + "/v1/chat/completions", content=b"{")
+    requests = _samples(httpx.get(server.url + "/metrics").text, "tunelab_requests_total")
+    assert requests[(("endpoint", "chat.completions"), ("model", "none"), ("status", "400"))] == 1
     # each app has its own registry: a second server starts from zero
     other = httpx.get(serve().url + "/metrics").text
     assert not _samples(other, "tunelab_requests_total")

@@ -14,7 +14,8 @@ servers in one process (tests, the load bench's two runs) never share or double-
   batch_size), read when /metrics is scraped so they are never stale.
 
 The `model` label only ever takes a served model's name: a request naming anything else counts as
-"unknown", so clients cannot grow the label set (and the memory behind it) without bound.
+"unknown" (and one naming none, such as a model listing, as "none"), so clients cannot grow the label set
+(and the memory behind it) without bound.
 
 The request log is one JSON object per line and per request (id, time, endpoint, model, status, token
 counts, latency, time to first token, finish reason, error message), appended to a file. Prompts and
@@ -37,7 +38,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..secrets import redact
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-UNKNOWN_MODEL = "unknown"
+UNKNOWN_MODEL = "unknown"  # a request named a model this server does not serve
+NO_MODEL = "none"  # a request that named none (model listing, feedback, a body that did not parse)
 # Seconds: from a tiny model's few milliseconds to a long answer of a big one on CPU.
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 
@@ -78,6 +80,8 @@ class Monitor:
         self.log = RequestLog(log_path) if log_path is not None else None
 
     def label(self, model: str | None) -> str:
+        if model is None:
+            return NO_MODEL
         return model if model in self.models else UNKNOWN_MODEL
 
     def record(self, *, endpoint: str, model: str | None, status: int, latency_s: float,
