@@ -12,6 +12,7 @@ from .common import MaskedStream
 from .eval_cmd import evaluate
 from .quickstart_cmd import quickstart
 from .run_cmd import compare, run
+from .serve_cmd import chat, serve
 from .sweep_cmd import sweep
 from .train_cmd import train
 
@@ -32,6 +33,8 @@ app.command("quickstart")(quickstart)
 app.command("run")(run)
 app.command("compare")(compare)
 app.command("sweep")(sweep)
+app.command("serve")(serve)
+app.command("chat")(chat)
 
 
 def main() -> None:

@@ -44,7 +44,8 @@ PREPARE_FLAGS = {"data.train": "INPUTS", "data.eval": "--eval", "data.format": "
 @handle_errors
 def prepare(
     inputs: list[Path] = typer.Argument(..., help="Input files (JSONL, JSON, CSV, Parquet), saved HF dataset dirs, "
-                                        "or a directory `tunelab data synth` wrote."),
+                                        "a directory `tunelab data synth` wrote, or a `tunelab serve "
+                                        "--feedback-db` database (its preference pairs)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory (replaced atomically)."),
     fmt: str = typer.Option("auto", "--format", "-f", help="alpaca|chat|sharegpt|prompt_completion|text|label|preference|qna|auto"),
     field: list[str] = typer.Option([], "--field", help="Read YOUR_FIELD as a format's field: FORMAT_FIELD=YOUR_FIELD "

@@ -5,8 +5,8 @@ inside each split -> remove eval records that leak from train -> (optional) rend
 write. Scrubbing comes before dedup so two records that differ only in an e-mail address count as
 duplicates; leak removal comes last so it sees the final training split.
 
-Inputs may be files, saved Hugging Face dataset directories or a directory `tunelab data synth` wrote
-(inputs.py); rows are read in any format of formats.py, through the config's field mapping if any.
+Inputs may be files, saved Hugging Face dataset directories, a directory `tunelab data synth` wrote
+(inputs.py) or a server's feedback database (feedback.py: its preference pairs); rows are read in any format of formats.py, through the config's field mapping if any.
 
 The output directory holds one JSONL file per split (canonical records), `leaks.jsonl` (what was removed
 from eval splits and why) and `manifest.json` (counts in and out, removals by reason, PII counts, the
@@ -99,7 +99,7 @@ def run(
     on_stage: Callable[[str], None] | None = None,
 ) -> PrepareResult:
     """Prepare the inputs named in `config` into `out_dir`; raises TunelabError/InputError on bad input."""
-    from . import clean, dedup, formats, pii, split
+    from . import clean, dedup, feedback, formats, pii, split
 
     stage = on_stage or (lambda _name: None)
     out_dir = Path(out_dir)
@@ -133,6 +133,12 @@ def run(
     def count(reason: str, n: int) -> None:
         if n:
             removed[reason] = removed.get(reason, 0) + n
+
+    # feedback that gives no preference pair (a rating alone) was never a row: it is counted here
+    for path in train_files:
+        if feedback.is_feedback_db(path):
+            for reason, n in feedback.preference_rows(path)[1].items():
+                count(reason, n)
 
     opts = clean.CleanOptions(
         normalize=config.clean.normalize,

@@ -1,5 +1,6 @@
-"""Read user dataset files row by row, whatever their container: JSONL, JSON, CSV/TSV, Parquet, or a
-saved Hugging Face dataset directory.
+"""Read user dataset files row by row, whatever their container: JSONL, JSON, CSV/TSV, Parquet, a
+saved Hugging Face dataset directory, or the feedback database `tunelab serve --feedback-db` writes (its
+preference pairs, feedback.py).
 
 Each row comes out as a `RawRow`: either a dict (not yet validated against any record format; that is
 `formats.py`'s job) or a `Problem` saying exactly where and why the row could not be read. A broken
@@ -31,9 +32,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import Problem, TunelabError
+from .feedback import SUFFIXES as FEEDBACK_SUFFIXES
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-SUFFIXES = (*JSONL_SUFFIXES, ".json", ".csv", ".tsv", ".parquet")
+SUFFIXES = (*JSONL_SUFFIXES, ".json", ".csv", ".tsv", ".parquet", *FEEDBACK_SUFFIXES)
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 # A top-level JSON object whose only list field is one of these is a single record, not a container
@@ -86,6 +88,8 @@ def iter_rows(
         return _iter_json(path, max_line_bytes)
     if suffix in (".csv", ".tsv"):
         return _iter_csv(path, "\t" if suffix == ".tsv" else ",", max_line_bytes)
+    if suffix in FEEDBACK_SUFFIXES:
+        return _iter_feedback(path)
     return _iter_parquet(path)
 
 
@@ -514,6 +518,19 @@ def _iter_parquet(path: Path) -> Iterator[RawRow]:
         for row in batch.to_pylist():
             n += 1
             yield RawRow(file, n, row, None, "row")
+
+
+def _iter_feedback(path: Path) -> Iterator[RawRow]:
+    """A server's feedback database (tunelab.data.feedback) as preference rows, one per feedback entry
+    that names a preferred answer; entries that give no pair are counted by prepare, not read as rows."""
+    from .feedback import preference_rows
+
+    rows, skipped = preference_rows(path)
+    if not rows:
+        raise TunelabError(f"{path}: no feedback with a preferred answer yet ({skipped or 'no feedback'}); "
+                           "a rating alone is not a preference pair")
+    for n, row in rows:
+        yield RawRow(str(path), n, row, None, "row")
 
 
 def _iter_hf(path: Path, split: str | None) -> Iterator[RawRow]:
