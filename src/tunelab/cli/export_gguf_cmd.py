@@ -15,7 +15,7 @@ def export_gguf(
     source: Path = typer.Argument(..., help="A training run directory (merged first), or a Hugging Face model "
                                   "directory (safetensors, config, tokenizer)."),
     out: Path = typer.Option(..., "--out", help="The GGUF file to write (its Modelfile goes beside it)."),
-    quant: str = typer.Option("f16", "--quant", help="f32 | f16 | bf16 | q8_0"),
+    quant: str = typer.Option("f16", "--quant", help="f32 | f16 | bf16 | q8_0 | q4_k_m | q4_k_s | q6_k"),
     name: str = typer.Option(None, "--name", help="general.name in the GGUF (default: the directory's name)."),
     modelfile: bool = typer.Option(True, "--modelfile/--no-modelfile", help="Write the Ollama Modelfile."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare the GGUF with the trained model "

@@ -13,7 +13,10 @@ names (gguf.TensorNameMap), in the layout llama.cpp expects:
 
 Quantization: 1-D tensors and norms stay F32 (as llama.cpp keeps them); 2-D tensors take the requested
 type through gguf.quants; a row length Q8_0 cannot block (not a multiple of 32) falls back to F16, as the
-converter does. QUANTS lists what this module writes; anything else is an error naming them.
+converter does. The k-quant mixes (q4_k_m, q4_k_s, q6_k) give each tensor the type llama-quantize would,
+with rows that do not fit 256-value blocks falling back as it does (kquants.K_MIXES), and are written by
+kquants.py, which the `gguf` package lacks. QUANTS lists what this module writes; anything else is an
+error naming them.
 
 Output ownership: the GGUF and the Modelfile beside it are recorded in a sidecar, `<file>.tunelab.json`.
 An existing file is replaced only when that sidecar lists it (tunelab wrote it); a user's file of the
@@ -34,8 +37,9 @@ from typing import Any
 from ..errors import TunelabError
 from ..io import write_json
 from .gguf_vocab import add_vocab, build_vocab
+from .kquants import K_MIXES, mix_type
 
-QUANTS = ("f32", "f16", "bf16", "q8_0")
+QUANTS = ("f32", "f16", "bf16", "q8_0", *K_MIXES)
 SIDECAR_KIND = "gguf-export"
 SIDECAR_SUFFIX = ".tunelab.json"
 
@@ -273,13 +277,16 @@ def permute_qk(weights, n_head: int):
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def tensor_type(gguf_name: str, shape: tuple[int, ...], quant: str):
-    """The GGML type a tensor is stored in for `quant` (llama.cpp's choice for these outtypes)."""
+def tensor_type(gguf_name: str, shape: tuple[int, ...], quant: str, n_layers: int = 0, tied: bool = True):
+    """The GGML type a tensor is stored in for `quant` (llama.cpp's choice for these outtypes). The
+    k-quant mixes also need the model's block count and whether output.weight is the token embedding."""
     import gguf
 
     T = gguf.GGMLQuantizationType
     if len(shape) <= 1 or gguf_name.endswith("_norm.weight"):
         return T.F32
+    if quant in K_MIXES:
+        return T[mix_type(gguf_name, shape[-1], quant, n_layers, tied)]
     if quant == "q8_0":
         return T.Q8_0 if shape[-1] % 32 == 0 else T.F16
     return {"f32": T.F32, "f16": T.F16, "bf16": T.BF16}[quant]
@@ -302,6 +309,8 @@ def _add_tensors(w, model_dir: Path, arch: str, config: dict[str, Any], quant: s
     import gguf
     import numpy as np
 
+    from . import kquants
+
     arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.TensorNameMap(arch_enum, int(config["num_hidden_layers"]))
     tied = bool(config.get("tie_word_embeddings", arch == "gemma3"))
@@ -314,8 +323,8 @@ def _add_tensors(w, model_dir: Path, arch: str, config: dict[str, Any], quant: s
         if new_name is None:
             raise TunelabError(f"{model_dir}: tensor {name} has no llama.cpp name for {arch}; nothing was written")
         data = np.ascontiguousarray(_convert_tensor(name, data, arch, config), dtype=np.float32)
-        qtype = tensor_type(new_name, data.shape, quant)
-        stored = gguf.quants.quantize(data, qtype)
+        qtype = tensor_type(new_name, data.shape, quant, int(config["num_hidden_layers"]), tied)
+        stored = kquants.quantize(data, qtype)
         w.add_tensor(new_name, stored, raw_dtype=qtype)
         types[qtype.name] += 1
         n_params += data.size
@@ -345,7 +354,8 @@ def _file_type(quant: str):
     import gguf
 
     F = gguf.LlamaFileType
-    return {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0}[quant]
+    return {"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0,
+            "q4_k_m": F.MOSTLY_Q4_K_M, "q4_k_s": F.MOSTLY_Q4_K_S, "q6_k": F.MOSTLY_Q6_K}[quant]
 
 
 def _write(path: Path, model_dir: Path, config: dict[str, Any], arch: str, quant: str, name: str | None,
