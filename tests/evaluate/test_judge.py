@@ -178,7 +178,7 @@ def test_templates_carry_versions_and_placeholders():
         load_template("accuracy").render(question="q", answer="a")
 
 
-def test_a_tiny_random_local_judge_fails_loudly_not_with_zeros(tiny_model_dir, tmp_path):
+def test_a_tiny_random_local_judge_writes_a_valid_verdict_for_every_row(tiny_model_dir, tmp_path):
     import torch
 
     torch.set_num_threads(1)
@@ -188,11 +188,11 @@ def test_a_tiny_random_local_judge_fails_loudly_not_with_zeros(tiny_model_dir, t
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
     backend = backend_from_spec(f"local:{model_dir}", threads=1, batch_size=4)
-    res = judge_predictions([row(0, "Paris."), row(1, "Lyon.")], backend, retries=1)
+    res = judge_predictions([row(0, "Paris."), row(1, "Lyon.")], backend, retries=0)
+    # decoded under the Rating schema, even a random model's verdicts parse (unaided it never wrote JSON)
     for m in res.metrics.values():
-        assert m["value"] is None and m["n_scored"] == 0 and m["n_failed"] == 2
-        assert set(m["failures"]) <= {"invalid_json", "schema_mismatch"}
-    assert res.metric_values() == {}
+        assert m["n_scored"] == 2 and m["n_failed"] == 0 and 1 <= m["value"] <= 5
+    assert res.stats["calls"] == 4
 
 
 def test_eval_cli_adds_judge_metrics_to_summary_and_predictions(server, tiny_model_dir, tmp_path, monkeypatch):
