@@ -152,6 +152,10 @@ def test_verdict_count_mismatch_is_re_asked(server, tmp_path):
                             with_context=True, metrics=["judge_faithfulness"])
     assert res.metrics["judge_faithfulness"]["value"] == 1.0 and calls["verdicts"] == 2
     assert "expected 2 verdicts, one per statement, got 1" in server.requests[-1]["body"]["messages"][-1]["content"]
+    # the verdicts are asked for under a schema holding exactly one per statement
+    asked = server.requests[-1]["body"]["response_format"]["json_schema"]["schema"]["properties"]["verdicts"]
+    assert asked["minItems"] == asked["maxItems"] == 2
+    assert res.stats["structured_output"] == "json_schema"
 
 
 def test_bad_inputs_are_clear_errors(server):
