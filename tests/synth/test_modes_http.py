@@ -134,7 +134,7 @@ def test_the_judge_drops_what_it_cannot_confirm_and_counts_its_failures(server, 
     assert steps["judge"] == {"in": 8, "dropped": 2, "reasons": {"not_supported": 2}}
     assert res.manifest["filters"]["train"]["judge_calls"]["requests"] == 8
     assert res.manifest["filters"]["train"]["judge_calls"]["structured_output"] == "json_schema"
-    assert res.manifest["prompts"]["judge_grounding"]["version"] == "judge_grounding/1"
+    assert res.manifest["prompts"]["judge_grounding"]["version"] == "judge_grounding/2"
     rows = read_jsonl(tmp_path / "out" / "train.jsonl")
     assert len(rows) == 6 and all(r["meta"]["grounding"]["judge"] == "confirmed" for r in rows)
     # preference: the rejected reply must be judged unsupported; labelled: the label confirmed
