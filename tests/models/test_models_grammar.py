@@ -17,6 +17,9 @@ from tunelab.models.generate import GenerationConfig, Generator
 
 from .test_models_generate import PROMPTS, varied_model
 
+CORPUS = ["Employees get 27 days of paid leave per year.", "Expense reports are due within 30 days.",
+          "Contact the IT helpdesk at extension 4455.", "question answer title team size steps"] * 10
+
 
 class Step(BaseModel):
     name: str
@@ -83,6 +86,48 @@ def test_rows_without_a_schema_decode_as_before(gen):
     # 12 tokens are too few for a whole plan, but the constrained rows start it
     assert mixed[1].text.startswith('{"title":"') and mixed[3].text.startswith('{"title":"')
     assert not free[1].text.startswith("{")
+
+
+def gemma_style_tokenizer():
+    """A tiny tokenizer laid out as Gemma 3's is: SentencePiece-style BPE, spaces as "▁", and byte
+    fallback through <0xNN> tokens of the vocabulary (not added tokens)."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    def shaped(model):
+        tok = Tokenizer(model)
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+        return tok
+
+    special = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    trained = shaped(models.BPE(unk_token="<unk>"))
+    trained.train_from_iterator(CORPUS, trainer=trainers.BpeTrainer(vocab_size=160, special_tokens=special))
+    vocab = trained.get_vocab()
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(trained.to_str())["model"]["merges"]]
+    tok = shaped(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True))
+    tok.add_special_tokens(special)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_gemma_style_tokenizer_decodes_under_the_schema_too(tmp_path):
+    from ..conftest import build_tiny_model
+
+    tok = gemma_style_tokenizer()
+    build_tiny_model(tmp_path, vocab_size=len(tok) + 12)  # a model vocabulary wider than the tokenizer's
+    gen = Generator(varied_model(tmp_path), tok, chat_template=False, threads=1)
+    prompts = ["Plan the leave request:", "Expense reports"]
+    outs = gen.generate(prompts, GenerationConfig(max_new_tokens=400), schemas=[plan_schema(2), plan_schema(1)])
+    for out, n in zip(outs, (2, 1), strict=True):
+        check(out, n, plan_schema(n))
 
 
 def test_a_schema_per_prompt_is_checked(gen):
