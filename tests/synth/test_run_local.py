@@ -89,6 +89,7 @@ def test_bundled_instruct_model_as_teacher_on_one_handbook_chunk(tmp_path):
         res = run(cfg, tmp_path / "out")
     except TunelabError as exc:  # no usable record: the error says why, by reason, and nothing is written
         assert "no records kept from 1 chunk(s)" in str(exc) and not (tmp_path / "out").exists()
+        assert "usable: 1 of 1" in str(exc)  # decoded under the schema, the reply itself always parses
         return
     calls = res.manifest["teacher_calls"]
     assert calls["requests"] == 1 and calls["ok"] == 1 and calls["cache"]["writes"] == 1
