@@ -103,3 +103,16 @@ def test_a_broken_cache_file_is_a_miss_and_is_rewritten(echo, tmp_path):
     record = json.loads(file.read_text())
     assert record["request"]["messages"] == conv("q") and record["request"]["backend"]["model"] == "m"
     assert not list((tmp_path / "calls").rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_a_json_schema_is_part_of_the_key_and_no_schema_keeps_the_old_key(echo, tmp_path):
+    params = {"temperature": 0.0, "max_tokens": 256, "stop": [], "seed": None, "json_mode": False}
+    backend = cached(echo, tmp_path)
+    ident = backend.identity()
+    backend.complete([conv("q")])
+    assert backend.cache.path(call_key(ident, conv("q"), params)).is_file()  # as before schemas existed
+    one, two = {"type": "object"}, {"type": "object", "properties": {"a": {"type": "string"}}}
+    backend.complete([conv("q"), conv("q")], json_schema=[one, two])
+    assert len(echo.requests) == 3  # each schema is a call of its own
+    again = cached(echo, tmp_path).complete([conv("q")], json_schema=two)
+    assert again[0].cached and len(echo.requests) == 3

@@ -92,3 +92,34 @@ def test_tiny_model_served_over_http_matches_the_local_backend(server, local):
     direct = local.complete(CONVS, max_tokens=5)
     assert [c.text for c in over_http] == [c.text for c in direct]
     assert all(c.ok and c.attempts == 1 for c in over_http)
+
+
+def test_structured_calls_decode_under_the_schema_and_stop_at_its_budget(tiny_model_dir):
+    import json
+
+    from pydantic import BaseModel, Field
+
+    from tunelab.llm import complete_structured
+    from tunelab.llm.schema import bound_schema, reply_schema, token_budget
+    from tunelab.models.generate import Generator
+
+    from ..models.test_models_generate import varied_model  # a random model that never writes JSON unaided
+
+    class Rating(BaseModel):
+        reason: str
+        score: int = Field(ge=1, le=5)
+
+    backend = LocalBackend(str(tiny_model_dir), threads=1, batch_size=2)
+    backend._generator = Generator(varied_model(tiny_model_dir), backend._load().tokenizer, threads=1)
+    free = backend.complete(CONVS, max_tokens=40)
+    assert not any(c.text.startswith("{") for c in free)
+    out = complete_structured(backend, CONVS, Rating, retries=0, max_tokens=1000)
+    budget = token_budget(bound_schema(reply_schema(Rating), 1000))
+    assert budget < 1000
+    assert all(r.ok and r.attempts == 1 for r in out), [r.error for r in out]
+    comps = backend.complete(CONVS, max_tokens=1000, json_schema=bound_schema(reply_schema(Rating), 1000))
+    assert all(c.completion_tokens <= budget and c.finish_reason == "stop" for c in comps)
+    assert backend.structured_output == "grammar"
+    # json_mode alone: any JSON object (unbounded, so it may run to max_tokens; it still starts one)
+    assert all(c.text.startswith("{") for c in backend.complete(CONVS[:2], max_tokens=20, json_mode=True))
+    assert [json.loads(r.text)["score"] for r in out] == [r.value.score for r in out]

@@ -233,3 +233,40 @@ def test_ctrl_c_stops_requests_waiting_to_retry(server, Reply):
     assert not any(t.name.startswith("tunelab-openai") for t in threading.enumerate())
     assert time.perf_counter() - start < 5  # not the 30 s backoff
     assert sum(r["body"]["messages"][0]["content"] == "fail" for r in server.requests) == 1
+
+
+def test_a_schema_goes_in_the_request_and_falls_back_step_by_step(server, Reply):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+
+    def responder(body):
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt == "json_schema":
+            return Reply(status=400, raw='{"error": {"message": "json_schema is not supported"}}')
+        if fmt == "json_object":
+            return Reply(status=422, raw='{"detail": "unknown field response_format"}')
+        return '{"ok": true}'
+
+    server.responder = responder
+    backend = OpenAIBackend("m", server.base_url, **FAST)
+    assert backend.structured_output == "json_schema"
+    out = backend.complete([conv("x")], json_schema=schema)
+    assert out[0].ok and out[0].text == '{"ok": true}' and out[0].attempts == 1
+    sent = [r["body"].get("response_format") for r in server.requests]
+    assert sent == [{"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
+                    {"type": "json_object"}, None]
+    assert backend.structured_output == "prompt"
+    backend.complete([conv("y"), conv("z")], json_schema=[schema, schema])
+    assert len(server.requests) == 5  # each step down was taken once, not per request
+
+
+def test_a_server_that_takes_json_mode_but_not_schemas_stays_in_json_mode(server, Reply):
+    def responder(body):
+        if body.get("response_format", {}).get("type") == "json_schema":
+            return Reply(status=400, raw='{"error": "response_format json_schema: unsupported"}')
+        return '{"ok": true}'
+
+    server.responder = responder
+    backend = OpenAIBackend("m", server.base_url, **FAST)
+    backend.complete([conv("x")], json_schema={"type": "object"})
+    assert backend.structured_output == "json_object"
+    assert server.requests[-1]["body"]["response_format"] == {"type": "json_object"}

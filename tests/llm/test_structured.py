@@ -69,8 +69,12 @@ def test_retries_only_the_failing_items_with_the_error_appended(server, Reply):
     assert len(server.requests) == 3  # "good" was not asked again
     retry = server.requests[2]["body"]["messages"]
     assert retry[1] == {"role": "assistant", "content": "It is pretty good, four out of five."}
-    assert "no JSON object found" in retry[2]["content"] and '"maximum":5' in retry[2]["content"]
-    assert all(r["body"]["response_format"] == {"type": "json_object"} for r in server.requests)
+    # the re-ask shows the reply's shape, never the raw JSON schema a small model would copy back
+    assert "no JSON object found" in retry[2]["content"]
+    assert '{"reason": "...", "score": 1 to 5}' in retry[2]["content"] and "maximum" not in retry[2]["content"]
+    formats = [r["body"]["response_format"] for r in server.requests]
+    assert all(f["type"] == "json_schema" and f["json_schema"]["schema"]["additionalProperties"] is False
+               for f in formats)
 
 
 def test_gives_up_with_the_reason_never_a_default(server):

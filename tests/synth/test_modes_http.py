@@ -48,6 +48,15 @@ def test_each_mode_gives_records_that_prepare_takes(server, tmp_path, mode):
     m = res.manifest
     assert m["mode"] == mode and m["prompts"][mode]["version"] == f"{mode}/1"
     assert m["teacher_calls"]["failures"] == {} and m["records"]["train"] == 8
+    # asked under the mode's schema narrowed to this request: the items, turns and labels asked for
+    assert m["teacher_calls"]["structured_output"] == "json_schema"
+    asked = server.requests[0]["body"]["response_format"]["json_schema"]["schema"]
+    items = asked["properties"][{"multi_turn": "conversations", "labelled": "examples"}.get(mode, "items")]
+    assert items["minItems"] == items["maxItems"] == 2 and items["items"]["additionalProperties"] is False
+    if mode == "multi_turn":
+        assert items["items"]["properties"]["turns"]["maxItems"] == 2
+    if mode == "labelled":
+        assert items["items"]["properties"]["label"] == {"enum": ["bravo", "delta", "echo"]}
     rows = prepared_rows(tmp_path, tmp_path / "out")["train"]
     assert len(rows) == 8
     kinds = {r["kind"] for r in rows}
@@ -124,7 +133,8 @@ def test_the_judge_drops_what_it_cannot_confirm_and_counts_its_failures(server, 
     steps = res.manifest["filters"]["train"]["steps"]
     assert steps["judge"] == {"in": 8, "dropped": 2, "reasons": {"not_supported": 2}}
     assert res.manifest["filters"]["train"]["judge_calls"]["requests"] == 8
-    assert res.manifest["prompts"]["judge_grounding"]["version"] == "judge_grounding/1"
+    assert res.manifest["filters"]["train"]["judge_calls"]["structured_output"] == "json_schema"
+    assert res.manifest["prompts"]["judge_grounding"]["version"] == "judge_grounding/2"
     rows = read_jsonl(tmp_path / "out" / "train.jsonl")
     assert len(rows) == 6 and all(r["meta"]["grounding"]["judge"] == "confirmed" for r in rows)
     # preference: the rejected reply must be judged unsupported; labelled: the label confirmed

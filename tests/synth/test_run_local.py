@@ -1,6 +1,7 @@
-"""The local teacher path on the tiny random model: its replies are gibberish, so this checks the
-plumbing (prompts rendered through the chat template, batched generation, the call cache) and that
-every failure is counted by its reason and nothing of it is written."""
+"""The local teacher path on the tiny random model: decoded under the reply's schema, its replies are
+gibberish in well-formed JSON, so this checks the plumbing (prompts rendered through the chat template,
+batched constrained generation, the call cache) and that every failure and drop is counted by its
+reason and nothing of it is written."""
 
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ def test_local_teacher_failures_are_counted_by_reason_and_resumed_from_cache(tin
     with pytest.raises(TunelabError) as err:
         run(cfg, tmp_path / "out", teacher=teacher)
     msg = str(err.value)
-    # two short chunks: gibberish, not JSON; the long one does not fit the tiny model's 256 positions
-    # (re-asking is left out here: the re-ask carries the JSON schema, which would not fit either)
+    # two short chunks: gibberish, but parsed (the grammar allows nothing else) and then dropped by the
+    # filters; the long one does not fit the tiny model's 256 positions
     assert "no records kept from 3 chunk(s)" in msg
-    assert "'invalid_json': 2" in msg and "'generation_error': 1" in msg
+    assert "usable: 2 of 3" in msg and "{'generation_error': 1}" in msg and "dropped by filter: {" in msg
     assert "context is 256" in msg
     assert not (tmp_path / "out").exists()
     assert teacher.cache.stats()["writes"] == 2  # the gibberish replies; failed generations are not cached
@@ -61,7 +62,7 @@ def test_local_teacher_failures_are_counted_by_reason_and_resumed_from_cache(tin
     # with only cached calls left, the model is never loaded
     (docs / "a.md").write_text((docs / "a.md").read_text().split("## Long")[0])
     third = backend()
-    with pytest.raises(TunelabError, match="'invalid_json': 2"):
+    with pytest.raises(TunelabError, match="usable: 2 of 2"):
         run(cfg, tmp_path / "out", teacher=third)
     assert third.cache.stats()["misses"] == 0 and third.backend._generator is None
 
@@ -88,6 +89,7 @@ def test_bundled_instruct_model_as_teacher_on_one_handbook_chunk(tmp_path):
         res = run(cfg, tmp_path / "out")
     except TunelabError as exc:  # no usable record: the error says why, by reason, and nothing is written
         assert "no records kept from 1 chunk(s)" in str(exc) and not (tmp_path / "out").exists()
+        assert "usable: 1 of 1" in str(exc)  # decoded under the schema, the reply itself always parses
         return
     calls = res.manifest["teacher_calls"]
     assert calls["requests"] == 1 and calls["ok"] == 1 and calls["cache"]["writes"] == 1

@@ -64,3 +64,14 @@ def test_broken_templates_are_reported_by_file(tmp_path):
     (tmp_path / "qa.txt").write_text("version: a/1\n[system]\nx\n[user]\n$text $unknown\n")
     with pytest.raises(TunelabError, match=r"no value for placeholder \$unknown"):
         load_template("qa", tmp_path).render(text="t")
+
+
+def test_the_judge_prompts_show_one_example_reply_that_their_schema_accepts():
+    from tunelab.llm import parse_reply
+    from tunelab.synth.judge import LabelVerdict, Verdict
+    from tunelab.synth.templates import load_template as load
+
+    for name, schema in (("judge_grounding", Verdict), ("judge_label", LabelVerdict)):
+        user = load(name).user
+        example = user[user.rindex("Example reply:"):]
+        assert parse_reply(example[example.index("{"):], schema)[1] is None, name

@@ -139,9 +139,12 @@ def handle_errors(fn: Callable) -> Callable:
 
 
 def progress(transient: bool = True):
-    """A rich progress bar for anything that takes more than a second (hidden under --json)."""
+    """Progress of anything that takes more than a second, on stderr (stdout stays the result's): a rich
+    bar on an interactive terminal, else plain timestamped lines at a steady pace (LineProgress)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if not err_console.is_terminal:
+        return LineProgress()
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -150,6 +153,91 @@ def progress(transient: bool = True):
         console=err_console,
         transient=transient,
     )
+
+
+PROGRESS_EVERY_ENV = "TUNELAB_PROGRESS_EVERY"
+
+
+class LineProgress:
+    """Progress for a terminal that is not interactive (CI, a log file, `| tee`): one plain line on
+    stderr per step when it starts and ends, and every `every_s` seconds in between (a heartbeat, even
+    when nothing moved), each with a timestamp, done/total, the rate and the time left:
+
+        2026-12-07 00:15:02 generating: 8/16 (50%), 0.41/s, about 20 s left, 19 s so far
+
+    The same add_task/update calls as rich's Progress. `every_s` defaults to $TUNELAB_PROGRESS_EVERY or 10."""
+
+    def __init__(self, every_s: float | None = None, clock: Callable[[], float] | None = None):
+        import threading
+        import time
+
+        self.every_s = every_s if every_s is not None else float(os.environ.get(PROGRESS_EVERY_ENV) or 10)
+        self._clock = clock or time.monotonic
+        self._tasks: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="tunelab-progress", daemon=True)
+
+    def __enter__(self) -> LineProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        with self._lock:
+            self._tasks.append({"name": description, "total": total, "done": 0, "start": self._clock(),
+                                "printed": None, "finished": False})
+            task = len(self._tasks) - 1
+            self._print(self._tasks[task])
+        return task
+
+    def update(self, task: int, completed: float | None = None, total: float | None = None, **_: Any) -> None:
+        with self._lock:
+            t = self._tasks[task]
+            if total is not None:
+                t["total"] = total
+            if completed is not None:
+                t["done"] = completed
+            finished = bool(t["total"]) and t["done"] >= t["total"]
+            if (finished and not t["finished"]) or self._clock() - t["printed"] >= self.every_s:
+                t["finished"] = finished
+                self._print(t)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(1.0, self.every_s)):
+            with self._lock:
+                for t in self._tasks:
+                    if not t["finished"] and self._clock() - t["printed"] >= self.every_s:
+                        self._print(t)
+
+    def _print(self, t: dict[str, Any]) -> None:
+        import time
+
+        now = self._clock()
+        t["printed"] = now
+        elapsed = now - t["start"]
+        done, total = t["done"], t["total"]
+        parts = [f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"]
+        if done and elapsed > 0:
+            rate = done / elapsed
+            parts.append(f"{rate:.2f}/s")
+            if total and done < total:
+                parts.append(f"about {_duration((total - done) / rate)} left")
+        parts.append(f"{_duration(elapsed)} so far")
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {t['name']}: {', '.join(parts)}"
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def parse_pairs(values: list[str] | None, option: str, shape: str, example: str) -> dict[str, str]:

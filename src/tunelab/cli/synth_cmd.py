@@ -142,8 +142,7 @@ def synth(
                                                                         for flag, field in OPTIONS.values()}}) from None
 
     def execute():
-        if as_json:
-            return run(cfg)
+        # progress goes to stderr, so --json still prints one object on stdout
         with progress() as bar:
             tasks: dict[str, Any] = {}
 

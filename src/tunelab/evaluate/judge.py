@@ -41,6 +41,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..errors import InputError, Problem, TunelabError
+from ..llm.schema import reply_schema
 from ..llm.spec import Backend, Conversation
 from ..llm.structured import StructuredResult, complete_structured
 from .metrics.base import MetricValue, mean_stderr
@@ -249,19 +250,29 @@ def judge_predictions(
 
     prompt_versions = {p: t.version for p, t in templates.items()}
     aggregates = {m.name: _aggregate(m, scores[m.name], backend.name, templates) for m in chosen}
-    stats = {**calls, "wall_s": round(time.perf_counter() - start, 3)}
+    stats = {**calls, "wall_s": round(time.perf_counter() - start, 3),
+             # how the judge was held to the reply schema: grammar (local), json_schema / json_object / prompt
+             "structured_output": getattr(backend, "structured_output", None)}
     cache = getattr(backend, "cache", None)
     if cache is not None and hasattr(cache, "stats"):
         stats["cache"] = cache.stats()
     return JudgeResult(backend.name, prompt_versions, aggregates, {m.name: scores[m.name] for m in chosen}, stats)
 
 
-def _structured(backend, convs, schema, retries, calls, check=None) -> list[StructuredResult]:
+def _structured(backend, convs, schema, retries, calls, check=None, json_schema=None) -> list[StructuredResult]:
     results = complete_structured(backend, convs, schema, retries=retries, temperature=0.0,
-                                  max_tokens=768 if schema is not Rating else 256, check=check)
+                                  max_tokens=768 if schema is not Rating else 256, check=check,
+                                  json_schema=json_schema)
     calls["calls"] += sum(r.attempts for r in results)
     calls["cached"] += sum(r.attempts for r in results if r.cached)
     return results
+
+
+def _verdicts_schema(count: int) -> dict[str, Any]:
+    """Verdicts narrowed to exactly one per statement, so a constrained judge cannot miscount."""
+    schema = reply_schema(Verdicts)
+    schema["properties"]["verdicts"]["minItems"] = schema["properties"]["verdicts"]["maxItems"] = count
+    return schema
 
 
 def _rating_score(r: StructuredResult) -> _Score:
@@ -296,7 +307,8 @@ def _faithfulness(backend, items, templates, retries, calls) -> list[_Score]:
         want, got = len(todo[j][1]), len(value.verdicts)  # type: ignore[attr-defined]
         return None if want == got else f"expected {want} verdicts, one per statement, got {got}"
 
-    verdicts = _structured(backend, convs, Verdicts, retries, calls, check=check)
+    verdicts = _structured(backend, convs, Verdicts, retries, calls, check=check,
+                           json_schema=[_verdicts_schema(len(st)) for _, st in todo])
     for (i, statements), r in zip(todo, verdicts, strict=True):
         if not r.ok:
             out[i] = _Score(error_kind=r.error_kind, error=f"verdicts step: {r.error}")

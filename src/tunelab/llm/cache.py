@@ -7,7 +7,8 @@ Layout: one JSON file per call, `<root>/<key[:2]>/<key>.json`, written atomicall
 rename), so a crash leaves either the whole answer or nothing, and concurrent writers of the same
 key cannot corrupt it. The key is the sha256 of the backend's identity (kind, model, base URL; for a
 local model the content hash of its files and adapter weights, its dtype and device kind), the messages
-and every generation parameter (temperature, max_tokens, stop, seed, json_mode). Credentials are not part
+and every generation parameter (temperature, max_tokens, stop, seed, json_mode, and the conversation's JSON
+schema when it has one: a key without a schema is the same as before schemas existed). Credentials are not part
 of it: the identity shows a URL's password as "***" and never holds the API key, so two hosts or models
 never share a key while a rotated key or password keeps the cache (the answers do not depend on it), and
 no file holds a hash of a secret (the files themselves are masked by tunelab.io). Only successful answers
@@ -28,7 +29,7 @@ from typing import Any
 
 from ..io import write_json
 from ..secrets import redact
-from .spec import Backend, Completion, Conversation, OnResult
+from .spec import Backend, Completion, Conversation, JsonSchemas, OnResult, schema_per_conversation
 
 CACHE_FORMAT = 1
 
@@ -115,11 +116,14 @@ class CachedBackend:
         seed: int | None = None,
         json_mode: bool = False,
         on_result: OnResult | None = None,
+        json_schema: JsonSchemas = None,
     ) -> list[Completion]:
         params = {"temperature": temperature, "max_tokens": max_tokens, "stop": list(stop or []),
                   "seed": seed, "json_mode": json_mode}
+        schemas = schema_per_conversation(json_schema, len(conversations))
+        call_params = [params if s is None else {**params, "json_schema": s} for s in schemas]
         identity = self.backend.identity()
-        keys = [call_key(identity, list(c), params) for c in conversations]
+        keys = [call_key(identity, list(c), p) for c, p in zip(conversations, call_params, strict=True)]
         results: list[Completion | None] = [self.cache.get(k) for k in keys]
         todo = [i for i, r in enumerate(results) if r is None]
         if on_result is not None:
@@ -133,7 +137,8 @@ class CachedBackend:
 
         def store(j: int, comp: Completion) -> None:
             i = todo[j]
-            self.cache.put(keys[i], comp, {"backend": identity, "messages": conversations[i], "params": params})
+            self.cache.put(keys[i], comp, {"backend": identity, "messages": conversations[i],
+                                           "params": call_params[i]})
             stored.add(i)
             results[i] = comp
             if on_result is not None:
@@ -142,6 +147,7 @@ class CachedBackend:
         fresh = self.backend.complete(
             [conversations[i] for i in todo], temperature=temperature, max_tokens=max_tokens, stop=stop,
             seed=seed, json_mode=json_mode, on_result=store,
+            json_schema=None if json_schema is None else [schemas[i] for i in todo],
         )
         for j, comp in enumerate(fresh):
             if todo[j] not in stored:  # a backend that does not report answers one by one

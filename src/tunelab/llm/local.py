@@ -2,8 +2,12 @@
 
 Conversations go through tunelab's batched Generator (the same engine `tunelab eval` decodes with),
 rendered with the model's chat template. The model loads on the first call that needs it, so a run
-whose every answer is already in the call cache never loads it. A local model cannot be forced to
-emit JSON; `json_mode` is accepted and ignored, and the structured layer validates and retries.
+whose every answer is already in the call cache never loads it.
+
+Structured calls are decoded under a grammar (models/grammar.py): with `json_schema` each reply can only
+be JSON matching its schema, and `json_mode` alone allows any JSON object, so a small model's reply
+always parses. A bounded schema (llm/schema.py) also bounds the reply's length: the call then
+generates at most the schema's token budget, never a long `max_tokens` of a looping model.
 """
 
 from __future__ import annotations
@@ -16,9 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TunelabError
-from .spec import GENERATION_ERROR, BackendSpec, Completion, Conversation, OnResult
+from .schema import token_budget
+from .spec import (
+    GENERATION_ERROR,
+    BackendSpec,
+    Completion,
+    Conversation,
+    JsonSchemas,
+    OnResult,
+    schema_per_conversation,
+)
 
 OPTIONS = ("batch_size", "dtype", "device", "threads", "chat_template")
+ANY_OBJECT: dict[str, Any] = {"type": "object"}  # what json_mode without a schema decodes under
 
 
 class LocalBackend:
@@ -28,6 +42,7 @@ class LocalBackend:
     its name for records and the cache)."""
 
     kind = "local"
+    structured_output = "grammar"
 
     def __init__(
         self,
@@ -89,18 +104,20 @@ class LocalBackend:
                                         threads=self.threads)
         return self._generator
 
-    def _generate(self, gen: Any, chunk: list[Conversation], cfg: Any) -> list[Completion]:
+    def _generate(self, gen: Any, chunk: list[Conversation], cfg: Any,
+                  schemas: list[dict[str, Any] | None]) -> list[Completion]:
         """Answers for one chunk; when the chunk fails (a prompt longer than the context), each item is
         tried alone so only the bad ones fail."""
+        constrained = any(s is not None for s in schemas)
         try:
-            return _answers(gen.generate(chunk, cfg))
+            return _answers(gen.generate(chunk, cfg, schemas=schemas if constrained else None))
         except TunelabError:
-            pass  # length checks fail before any decoding, so trying each alone costs little
+            pass  # length and schema checks fail before any decoding, so trying each alone costs little
         out = []
-        for conv in chunk:
+        for conv, schema in zip(chunk, schemas, strict=True):
             t0 = time.perf_counter()
             try:
-                out.extend(_answers(gen.generate([conv], cfg)))
+                out.extend(_answers(gen.generate([conv], cfg, schemas=[schema] if schema is not None else None)))
             except TunelabError as exc:
                 out.append(Completion.failure(GENERATION_ERROR, f"{self.name}: {exc}", time.perf_counter() - t0))
         return out
@@ -115,13 +132,17 @@ class LocalBackend:
         seed: int | None = None,
         json_mode: bool = False,
         on_result: OnResult | None = None,
+        json_schema: JsonSchemas = None,
     ) -> list[Completion]:
         from ..models.generate import GenerationConfig
 
         if not conversations:
             return []
-        cfg = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, stop=list(stop or []),
-                               seed=seed or 0, batch_size=self.batch_size)
+        schemas = schema_per_conversation(json_schema, len(conversations))
+        if json_mode:
+            schemas = [ANY_OBJECT if s is None else s for s in schemas]
+        cfg = GenerationConfig(max_new_tokens=_budget(schemas, max_tokens), temperature=temperature,
+                               stop=list(stop or []), seed=seed or 0, batch_size=self.batch_size)
         with self._lock:
             gen = self._load()
             results: list[Completion] = []
@@ -129,11 +150,22 @@ class LocalBackend:
             step = self.batch_size * 4
             for start in range(0, len(conversations), step):
                 chunk = [list(c) for c in conversations[start : start + step]]
-                for j, comp in enumerate(self._generate(gen, chunk, cfg)):
+                for j, comp in enumerate(self._generate(gen, chunk, cfg, schemas[start : start + step])):
                     results.append(comp)
                     if on_result is not None:
                         on_result(start + j, comp)
         return results
+
+
+def _budget(schemas: list[dict[str, Any] | None], max_tokens: int) -> int:
+    """New tokens per reply: what the longest schema-bound reply can need, when every reply has a
+    bounded schema (the grammar cannot run past it); `max_tokens` otherwise."""
+    if not schemas or any(s is None for s in schemas):
+        return max_tokens
+    budgets = [token_budget(s) for s in schemas]
+    if any(b is None for b in budgets):
+        return max_tokens
+    return max(budgets)  # type: ignore[type-var]
 
 
 def _answers(outs: list[Any]) -> list[Completion]:

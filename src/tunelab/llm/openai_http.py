@@ -10,10 +10,15 @@ Behaviour, and why:
   (a Retry-After header is honoured, capped); other 4xx are the caller's mistake and are not
   retried. After the last attempt the item becomes a failed Completion whose message names the URL,
   the HTTP status and the start of the server's reply.
-- `json_mode` sends `response_format={"type": "json_object"}`; some servers reject it with a 400
-  (or 422) that mentions response_format, after which the backend stops sending it (the structured
-  layer still validates the JSON it gets). Likewise a 400 asking for `max_completion_tokens` (newer
-  OpenAI models) switches the length parameter to that name.
+- `json_schema` sends `response_format={"type": "json_schema", "json_schema": {"name": "reply",
+  "schema": ...}}`, which vLLM, llama.cpp's server, LM Studio, OpenAI and Ollama (0.5 and later, whose
+  /v1 endpoint maps it onto its native `format`) decode under; so no server needs detecting. A
+  server that rejects it with a 400 (or 422) naming response_format or json_schema is asked again in
+  JSON mode (`{"type": "json_object"}`, also what `json_mode` alone sends), and one that rejects that
+  too is asked with the prompt alone; each step is taken once per backend, not per request, and
+  `structured_output` says where it ended ("json_schema", "json_object" or "prompt"; the structured
+  layer validates and re-asks in every case). Likewise a 400 asking for `max_completion_tokens`
+  (newer OpenAI models) switches the length parameter to that name.
 - Ctrl-C: requests not yet sent are dropped and requests waiting to retry give up, so the call
   returns at once and the cache keeps exactly the answers that arrived.
 - A circuit breaker: after `breaker` requests in a row could not connect at all, the rest fail at
@@ -47,7 +52,9 @@ from .spec import (
     BackendSpec,
     Completion,
     Conversation,
+    JsonSchemas,
     OnResult,
+    schema_per_conversation,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -127,6 +134,7 @@ class OpenAIBackend:
         self.backoff_max_s = backoff_max_s
         self.breaker = breaker
         self.name = f"openai:{model}@{self.shown_base_url}"
+        self.json_schema_supported = True
         self.json_mode_supported = True
         self.token_limit_param = "max_tokens"
         key = os.environ.get(api_key_env) if api_key_env else None
@@ -140,6 +148,13 @@ class OpenAIBackend:
 
     def __repr__(self) -> str:
         return f"OpenAIBackend({self.name!r}, key from ${self.api_key_env}: {'set' if self._has_key else 'unset'})"
+
+    @property
+    def structured_output(self) -> str:
+        """How this server is asked for structured replies now: json_schema, json_object or prompt."""
+        if self.json_schema_supported:
+            return "json_schema"
+        return "json_object" if self.json_mode_supported else "prompt"
 
     def identity(self) -> dict[str, Any]:
         # The password is masked here, so call-cache keys do not depend on it: the same model on the same
@@ -162,7 +177,9 @@ class OpenAIBackend:
         seed: int | None = None,
         json_mode: bool = False,
         on_result: OnResult | None = None,
+        json_schema: JsonSchemas = None,
     ) -> list[Completion]:
+        schemas = schema_per_conversation(json_schema, len(conversations))
         params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
         if stop:
             params["stop"] = list(stop)
@@ -175,7 +192,7 @@ class OpenAIBackend:
                                   thread_name_prefix="tunelab-openai")
         stop_event = threading.Event()  # set on Ctrl-C: requests still retrying give up at once
         try:
-            futures = {pool.submit(self._one, list(c), params, json_mode, stop_event): i
+            futures = {pool.submit(self._one, list(c), params, json_mode, schemas[i], stop_event): i
                        for i, c in enumerate(conversations)}
             pending = set(futures)
             while pending:
@@ -196,7 +213,7 @@ class OpenAIBackend:
 
     # -- one request with retries ---------------------------------------------------------------
     def _one(self, messages: Conversation, params: dict[str, Any], json_mode: bool,
-             stop_event: threading.Event) -> Completion:
+             schema: dict[str, Any] | None, stop_event: threading.Event) -> Completion:
         start = time.perf_counter()
         attempt = 0
         last: _Retryable | None = None
@@ -213,7 +230,7 @@ class OpenAIBackend:
                 )
             attempt += 1
             try:
-                out = self._post(messages, params, json_mode)
+                out = self._post(messages, params, json_mode, schema)
             except _Retryable as exc:
                 last = exc
                 if attempt > self.max_retries:
@@ -242,12 +259,17 @@ class OpenAIBackend:
         with self._lock:
             self._connect_failures = 0
 
-    def _post(self, messages: Conversation, params: dict[str, Any], json_mode: bool) -> Completion:
+    def _post(self, messages: Conversation, params: dict[str, Any], json_mode: bool,
+              schema: dict[str, Any] | None = None) -> Completion:
         body: dict[str, Any] = {"model": self.model, "messages": messages, **params}
         if self.token_limit_param != "max_tokens" and "max_tokens" in body:
             body[self.token_limit_param] = body.pop("max_tokens")
-        with_format = json_mode and self.json_mode_supported
-        if with_format:
+        with_format = None
+        if schema is not None and self.json_schema_supported:
+            with_format = "json_schema"
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+        elif (json_mode or schema is not None) and self.json_mode_supported:
+            with_format = "json_object"
             body["response_format"] = {"type": "json_object"}
         try:
             resp = self._client.post(self.url, json=body, timeout=self.timeout_s)
@@ -259,14 +281,17 @@ class OpenAIBackend:
         if status == 200:
             return _parse(resp, self.shown_url)
         excerpt = resp.text[:300].replace("\n", " ")
-        if status in (400, 422) and with_format and "response_format" in resp.text:
-            # The server does not do JSON mode; ask again without it (not counted as a retry).
-            self.json_mode_supported = False
-            return self._post(messages, params, json_mode=False)
+        if status in (400, 422) and with_format and any(w in resp.text for w in ("response_format", with_format)):
+            # The server does not take this format; ask again with the next one down (not a retry).
+            if with_format == "json_schema":
+                self.json_schema_supported = False
+            else:
+                self.json_mode_supported = False
+            return self._post(messages, params, json_mode, schema)
         if status == 400 and self.token_limit_param == "max_tokens" and "max_completion_tokens" in resp.text:
             # Newer OpenAI models take the answer length as max_completion_tokens only.
             self.token_limit_param = "max_completion_tokens"
-            return self._post(messages, params, json_mode)
+            return self._post(messages, params, json_mode, schema)
         if status == 429 or status >= 500:
             raise _Retryable(HTTP_ERROR, f"HTTP {status}: {excerpt}", _retry_after(resp))
         hint = ""

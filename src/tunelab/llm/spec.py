@@ -10,9 +10,13 @@ A spec string names a backend (the only place users pick a backend by name):
 Every backend has `name` (the spec, safe to log: never a key), `identity()` (what a cache keys on) and
 
     complete(conversations, *, temperature=0.0, max_tokens=256, stop=None, seed=None, json_mode=False,
-             on_result=None) -> list[Completion]
+             on_result=None, json_schema=None) -> list[Completion]
 
-which answers every conversation (a list of {"role", "content"} messages), in input order. A failed
+which answers every conversation (a list of {"role", "content"} messages), in input order.
+`json_schema` (one JSON schema for every conversation, or a list with one per conversation, None for
+none) asks for replies matching it: the local backend decodes under it, an OpenAI-compatible server is
+sent it; `json_mode` alone asks for any JSON object. `structured_output` says how a backend honours
+them ("grammar", "json_schema", "json_object" or "prompt": the reply is only asked for in words). A failed
 call is a Completion with `error` and `error_kind` set, never an exception and never an empty text
 passed off as an answer; `on_result(i, completion)` is called as each one finishes (the cache uses it
 to save answers one by one, so an interrupted run keeps what it already paid for).
@@ -30,6 +34,7 @@ from ..errors import TunelabError
 Message = dict[str, str]
 Conversation = list[Message]
 OnResult = Callable[[int, "Completion"], None]
+JsonSchemas = dict[str, Any] | Sequence[dict[str, Any] | None] | None
 
 # Why a call failed; the judge and the synth filters count failures by these names.
 TIMEOUT = "timeout"
@@ -86,7 +91,18 @@ class Backend(Protocol):
         seed: int | None = None,
         json_mode: bool = False,
         on_result: OnResult | None = None,
+        json_schema: JsonSchemas = None,
     ) -> list[Completion]: ...
+
+
+def schema_per_conversation(json_schema: JsonSchemas, n: int) -> list[dict[str, Any] | None]:
+    """`json_schema` as one entry (schema or None) per conversation."""
+    if json_schema is None or isinstance(json_schema, dict):
+        return [json_schema] * n
+    schemas = list(json_schema)
+    if len(schemas) != n:
+        raise TunelabError(f"{len(schemas)} JSON schemas for {n} conversations; give one per conversation")
+    return schemas
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,11 @@
     for r in results:
         r.value if r.ok else (r.error_kind, r.error)
 
-Small local models often wrap JSON in code fences, add a sentence before it, or get a field wrong.
-The reply's first JSON object is extracted (fences and surrounding prose tolerated) and validated;
+Every call carries the reply's JSON schema (`json_schema`, by default the pydantic model's, bounded by
+llm/schema.py so its longest reply fits `max_tokens`): a local backend decodes under it, so its replies
+always parse; an OpenAI-compatible server gets it as `response_format` (servers that refuse it are
+asked in JSON mode, then with the prompt alone). Models without a grammar often wrap JSON in code
+fences, add a sentence before it, or get a field wrong. The reply's first JSON object is extracted (fences and surrounding prose tolerated) and validated;
 an item that fails is asked again, with its own bad reply and the validation error appended to the
 conversation, up to `retries` more times, and only failing items are re-sent. After that it is a
 failure with its reason: invalid_json, schema_mismatch, or the transport's (http_error, timeout,
@@ -27,7 +30,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .spec import Backend, Conversation
+from .schema import bound_schema, reply_schema, shape
+from .spec import Backend, Conversation, schema_per_conversation
 
 INVALID_JSON = "invalid_json"
 SCHEMA_MISMATCH = "schema_mismatch"
@@ -94,9 +98,14 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def schema_text(schema: type[BaseModel]) -> str:
-    """A compact JSON schema for prompts."""
-    return json.dumps(schema.model_json_schema(), separators=(",", ":"))
+def decode_schemas(schema: type[BaseModel], json_schema: dict[str, Any] | Sequence[dict[str, Any]] | None,
+                   n: int, max_tokens: int) -> list[dict[str, Any]]:
+    """The bounded JSON schema each of n replies is decoded under: `json_schema` (one for all, or one
+    per conversation) or else the pydantic model's own."""
+    if json_schema is None or isinstance(json_schema, dict):
+        one = bound_schema(json_schema or reply_schema(schema), max_tokens)
+        return [one] * n
+    return [bound_schema(s or reply_schema(schema), max_tokens) for s in schema_per_conversation(json_schema, n)]
 
 
 def complete_structured(
@@ -109,12 +118,16 @@ def complete_structured(
     max_tokens: int = 512,
     check: Callable[[int, BaseModel], str | None] | None = None,
     seed: int | None = None,
+    json_schema: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
 ) -> list[StructuredResult]:
     """Answers to every conversation as `schema` instances (or failures), in input order.
 
     `check(i, value)` may reject a valid-looking value for item i with a message (e.g. a list whose
-    length must match the question's); a rejection is a schema_mismatch and is retried like one."""
+    length must match the question's); a rejection is a schema_mismatch and is retried like one.
+    `json_schema` narrows what the replies are decoded under (the item count asked for, a label set),
+    one schema for all or one per conversation; it must describe replies `schema` accepts."""
     n = len(conversations)
+    schemas = decode_schemas(schema, json_schema, n, max_tokens)
     convs = [list(c) for c in conversations]
     out: list[StructuredResult] = [StructuredResult(None, None) for _ in range(n)]
     all_cached = [True] * n
@@ -123,7 +136,7 @@ def complete_structured(
         if not pending:
             break
         comps = backend.complete([convs[i] for i in pending], temperature=temperature, max_tokens=max_tokens,
-                                 seed=seed, json_mode=True)
+                                 seed=seed, json_mode=True, json_schema=[schemas[i] for i in pending])
         retry: list[int] = []
         for i, comp in zip(pending, comps, strict=True):
             res = out[i]
@@ -147,9 +160,10 @@ def complete_structured(
             if round_no < retries:
                 convs[i] = convs[i] + [
                     {"role": "assistant", "content": comp.text or ""},
+                    # its shape, not the raw JSON schema: small models shown a schema copy it back
                     {"role": "user", "content": (
                         f"That reply could not be used: {error}. Reply again with only one JSON object "
-                        f"that matches this JSON schema, and nothing else: {schema_text(schema)}"
+                        f"of this form, and nothing else: {shape(schemas[i])}"
                     )},
                 ]
                 retry.append(i)

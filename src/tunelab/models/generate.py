@@ -13,6 +13,9 @@ Design, and why:
   every prompt position would cost more than the rest of the prefill for a small model.
 - A row that finishes (end-of-sequence token, stop string or max_new_tokens) is dropped from the
   batch and from the KV cache, so late steps compute only for rows still generating.
+- A row may be constrained to a JSON schema (`schemas=`, one per prompt or None): before each pick its
+  logits are masked to the tokens the schema's grammar allows (models/grammar.py, through llguidance),
+  so its reply always parses; the row ends the moment its JSON is complete.
 - Greedy decoding takes the first maximum (as `torch.argmax` and HF generate do), so it is
   deterministic; sampling draws from one torch.Generator per prompt, seeded from `seed` and the
   prompt's position, so a sampled answer does not depend on batch size or on its neighbours.
@@ -110,6 +113,7 @@ class Generator:
         self._keep_last = accepts_logits_to_keep(model)
         self._via_hf_generate = is_prompt_learning(model)
         self.max_positions = _max_positions(model)
+        self._grammar: Any = None  # models.grammar.JsonGrammar, prepared on the first constrained call
         if self.device.type == "cpu":
             from ..models import physical_cores
 
@@ -145,12 +149,15 @@ class Generator:
         cfg: GenerationConfig | None = None,
         *,
         on_batch: Callable[[int], None] | None = None,
+        schemas: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[GenerationOutput]:
-        """Answers for `prompts`, in their order. `on_batch(n)` is called after each batch of n."""
+        """Answers for `prompts`, in their order. `on_batch(n)` is called after each batch of n.
+        `schemas[i]`, when given and not None, is a JSON schema prompt i's answer is decoded under."""
         cfg = cfg or GenerationConfig()
         encoded = [self.encode(p) for p in prompts]
         self._check_lengths(encoded)
         stop_ids = self.stop_token_ids | _single_token_stops(self.tokenizer, cfg.stop)
+        rows = self._row_grammars(schemas, len(prompts))
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[GenerationOutput | None] = [None] * len(encoded)
         was_training = self.model.training
@@ -163,7 +170,11 @@ class Generator:
                 for start in range(0, len(order), step):
                     batch = order[start : start + step]
                     run = self._generate_batch_hf if self._via_hf_generate else self._generate_batch
-                    outs = run([encoded[i] for i in batch], batch, cfg, stop_ids)
+                    if rows is None:
+                        outs = run([encoded[i] for i in batch], batch, cfg, stop_ids)
+                    else:
+                        outs = self._generate_batch([encoded[i] for i in batch], batch, cfg, stop_ids,
+                                                    [rows[i] for i in batch])
                     for i, out in zip(batch, outs, strict=True):
                         results[i] = out
                     if on_batch is not None:
@@ -171,6 +182,22 @@ class Generator:
         finally:
             self.model.train(was_training)
         return results  # type: ignore[return-value]
+
+    def _row_grammars(self, schemas: Sequence[dict[str, Any] | None] | None, n: int) -> list[Any] | None:
+        """One grammar state per prompt (None where unconstrained), or None when no prompt has a schema."""
+        if schemas is None or all(s is None for s in schemas):
+            return None
+        if len(schemas) != n:
+            raise TunelabError(f"{len(schemas)} schemas for {n} prompts; give one (or None) per prompt")
+        if self._via_hf_generate:
+            raise TunelabError("constrained decoding does not support prompt/prefix-tuning adapters "
+                               "(HF generate drives their decoding); use a LoRA adapter or no schema")
+        if self._grammar is None:
+            from .grammar import JsonGrammar
+
+            width = self.model.get_output_embeddings().weight.shape[0]
+            self._grammar = JsonGrammar(self.tokenizer, width, self.stop_token_ids)
+        return [None if s is None else self._grammar.matcher(s) for s in schemas]
 
     def _check_lengths(self, encoded: list[list[int]]) -> None:
         if self.max_positions is None:
@@ -183,7 +210,8 @@ class Generator:
                 )
 
     def _generate_batch(
-        self, prompts: list[list[int]], indices: list[int], cfg: GenerationConfig, stop_ids: set[int]
+        self, prompts: list[list[int]], indices: list[int], cfg: GenerationConfig, stop_ids: set[int],
+        grammars: list[Any] | None = None,
     ) -> list[GenerationOutput]:
         from transformers import DynamicCache
 
@@ -197,11 +225,14 @@ class Generator:
         finished: list[tuple[str, float] | None] = [None] * len(prompts)
         active = list(range(len(prompts)))
         while True:
+            if grammars is not None:
+                self._grammar.mask(logits, [grammars[a] for a in active])
             picked = _pick(logits, cfg, None if rngs is None else [rngs[a] for a in active])
             keep: list[int] = []
             now = time.perf_counter() - t0
             for j, (row, tok) in enumerate(zip(active, picked.tolist(), strict=True)):
-                reason = self._advance(tokens[row], tok, stop_ids, stops, cfg.max_new_tokens)
+                grammar = None if grammars is None else grammars[row]
+                reason = self._advance(tokens[row], tok, stop_ids, stops, cfg.max_new_tokens, grammar)
                 if reason is None:
                     keep.append(j)
                 else:
@@ -276,12 +307,17 @@ class Generator:
 
     @staticmethod
     def _advance(
-        row_tokens: list[int], tok: int, stop_ids: set[int], stops: _StopMatcher, max_new: int
+        row_tokens: list[int], tok: int, stop_ids: set[int], stops: _StopMatcher, max_new: int, grammar: Any = None
     ) -> str | None:
-        """Add one picked token to a row; why the row is done ("eos", "stop", "length"), else None."""
+        """Add one picked token to a row; why the row is done ("eos", "stop", "length", "complete": its
+        grammar allows nothing more), else None."""
         if tok in stop_ids:
             return "eos"
         row_tokens.append(tok)
+        if grammar is not None:
+            grammar.advance(tok)
+            if grammar.done:
+                return "complete"
         if stops.hit(row_tokens):
             return "stop"
         if len(row_tokens) >= max_new:
@@ -298,7 +334,7 @@ class Generator:
             n_prompt_tokens=len(prompt),
             # the end-of-sequence token was computed like any other, so it counts (as in HF generate)
             n_new_tokens=len(new) + (reason == "eos"),
-            finish_reason="stop" if reason == "eos" else reason,
+            finish_reason="stop" if reason in ("eos", "complete") else reason,
             latency_s=latency,
             token_ids=list(new),
         )

@@ -16,7 +16,9 @@ Modes and the records they make (the record kinds of tunelab.data.records):
     preference   {"items": [{"question", "chosen", "rejected"}]}           preference
 
 Every string must be non-blank; a label must be one of the set (matched ignoring case, written as the
-set spells it). A reply that breaks the schema is re-asked (tunelab.llm.structured) and then counted
+set spells it). The teacher is asked (and a local teacher decoded, llm/structured.py) under a narrower
+JSON schema than the one replies are validated against: exactly the number of items asked for, the
+number of turns asked for, labels from the set; so a constrained teacher's reply keeps every item. A reply that breaks the schema is re-asked (tunelab.llm.structured) and then counted
 as a failure by reason; nothing of it becomes a record. A reply holding more items than asked for is
 cut to the number asked for (counted as `extra_items`); a bare item without the list around it (small
 teachers write `{"question": ..., "answer": ...}` when asked for one) is read as a list of one.
@@ -32,6 +34,7 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from ..data.records import Record
 from ..documents.chunk import Chunk
+from ..llm.schema import reply_schema
 from ..llm.spec import Backend
 from ..llm.structured import StructuredResult, complete_structured
 from .templates import PromptTemplate
@@ -251,6 +254,19 @@ def _label_check(labels: Sequence[str]) -> Callable[[int, BaseModel], str | None
     return check
 
 
+def decode_schema(mode: Mode, per_chunk: int, turns: int = 3, labels: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON schema a reply is asked for under: the mode's reply schema narrowed to this request."""
+    schema = reply_schema(mode.schema)
+    items = schema["properties"][mode.schema.LIST_KEY]
+    items["minItems"] = items["maxItems"] = per_chunk
+    fields = items["items"]["properties"]
+    if mode.name == "multi_turn":
+        fields["turns"]["minItems"] = fields["turns"]["maxItems"] = turns
+    if mode.name == "labelled" and labels:
+        fields["label"] = {"enum": list(labels)}
+    return schema
+
+
 def ask_teacher(
     backend: Backend,
     template: PromptTemplate,
@@ -273,7 +289,8 @@ def ask_teacher(
     ]
     check = _label_check(labels) if mode.name == "labelled" else None
     results = complete_structured(backend, conversations, mode.schema, retries=retries, temperature=temperature,
-                                  max_tokens=max_tokens, check=check, seed=seed)
+                                  max_tokens=max_tokens, check=check, seed=seed,
+                                  json_schema=decode_schema(mode, per_chunk, turns, labels))
     replies = []
     for chunk, result in zip(chunks, results, strict=True):
         reply = ChunkReply(chunk, result)

@@ -98,5 +98,6 @@ def judge_filter(
             c.checks["judge"] = "confirmed"
             kept.append(c)
     calls = {"judge": backend.name, "requests": len(asks) + len(label_asks), "attempts": attempts,
-             "cached_attempts": cached, "failures": dict(failures)}
+             "cached_attempts": cached, "failures": dict(failures),
+             "structured_output": getattr(backend, "structured_output", None)}
     return kept, dropped, calls

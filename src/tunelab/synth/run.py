@@ -312,6 +312,8 @@ def _run(config: SynthConfig, out_dir: str | Path | None, teacher: Backend, judg
     train_rows = [c.to_row() for c in kept]
     eval_rows = [c.to_row() for c in eval_kept]
     calls = _call_stats(replies + eval_replies)
+    # how the teacher was held to the schema: grammar (local), json_schema / json_object / prompt (HTTP)
+    calls["structured_output"] = getattr(teacher, "structured_output", None)
     if paraphrase_stats is not None:
         calls["paraphrase"] = paraphrase_stats
     if cache is not None:
@@ -375,6 +377,7 @@ def _judge(cands: list[Candidate], judge: Backend, templates: dict[str, PromptTe
     failures = report.judge_calls.setdefault("failures", {})
     for kind, n in calls["failures"].items():
         failures[kind] = failures.get(kind, 0) + n
+    report.judge_calls["structured_output"] = calls["structured_output"]
     progress("judging", len(cands), len(cands))
     return kept
 
