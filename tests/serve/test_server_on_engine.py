@@ -185,3 +185,24 @@ def test_chat_command_talks_to_the_adapter_on_the_real_engine(train_model_dir, a
         assert result.exit_code == 0, result.output
         assert expected[name] in result.output
 
+
+def test_chat_with_an_adapter_on_a_base_directory_named_adapter(train_model_dir, adapter_dirs, tmp_path,
+                                                                monkeypatch):
+    """The name `tunelab chat` serves its adapter under is its own business: a base directory that happens to
+    be called "adapter" must not clash with it."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app as cli
+
+    monkeypatch.setenv("TUNELAB_THREADS", "1")
+    base = shutil.copytree(train_model_dir, tmp_path / "adapter")
+    run = shutil.copytree(adapter_dirs["alpha"], tmp_path / "run")
+    config = json.loads((run / "adapter_config.json").read_text())
+    (run / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    result = CliRunner().invoke(cli, ["chat", "--model", str(base), "--adapter", str(run), "--temperature", "0",
+                                      "--max-tokens", "3", "--device", "cpu"], input="hello\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "model>" in result.output
