@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import sys
@@ -162,7 +163,8 @@ def main() -> int:
     parser.add_argument("--request-timeout", type=float, default=300.0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the engine (default: TUNELAB_THREADS, else physical cores)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model with the bundled tokenizer")
     parser.add_argument("--json", action="store_true", help="print the report as JSON too")
     args = parser.parse_args()
@@ -171,7 +173,10 @@ def main() -> int:
 
     from tunelab.models.hardware import physical_cores
 
-    threads = args.threads or physical_cores()
+    threads = args.threads or int(os.environ.get("TUNELAB_THREADS") or 0) or physical_cores()
+    # the engine decodes in its own scheduler thread, which takes its thread count from TUNELAB_THREADS
+    # (torch.set_num_threads here only reaches this thread): set both, so the reported count is the used one
+    os.environ["TUNELAB_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     questions = handbook_questions(max(args.clients, 64))
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,227 +1,163 @@
-"""Fixtures for the server tests: a small real engine on the tiny random model, and the app on loopback.
+"""Fixtures for the server tests: the real transformers engine on the tiny model with two LoRA adapters
+saved to disk, and the app on loopback.
 
-`SequentialEngine` satisfies the serving engine interface (tunelab.serve.engine: submit / Stream /
-Delta, model_names, context_length, render_chat, stats) by running tunelab.models.generate.Generator one
-request at a time in a worker thread, with two in-memory LoRA adapters ("alpha", "beta") on the tiny
-model so that several model names route to different weights. It is real generation, not canned text;
-it streams each answer token by token after computing it, checking for cancellation between tokens.
-
-NOTE for the lead: the serving engine (src/tunelab/serve/engine.py, engines.py) is written in parallel.
-Once it is merged, switch the `engine` fixture to `tunelab.serve.engines.load_engine("transformers",
-...)` on the tiny model and delete SequentialEngine and the stand-in interface types below (they only
-exist so this branch's tests run before engine.py exists).
+`real_engine` is `tunelab.serve.engines.load_engine("transformers", ...)` on tests/conftest.py's
+train_model_dir, serving two PEFT LoRA adapters ("alpha", "beta", random non-zero weights, so each answers
+differently), once per session. Each test gets it through `Recorded`, a wrapper that delegates everything
+to it and records what the tests observe: the requests submitted and, per stream, the Deltas its reader
+was given. Slowness and failures are made on the real engine itself (its decode step slowed or made to
+raise, by monkeypatch), so the server is tested against the engine it ships with.
 """
 
 from __future__ import annotations
 
-import asyncio
-import queue
 import socket
-import sys
 import threading
 import time
-import types
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-try:
-    from tunelab.serve.engine import Delta, GenerationRequest
-except ImportError:  # engine.py not merged yet: the interface's two data types, exactly as specified
-    @dataclass
-    class GenerationRequest:  # type: ignore[no-redef]
-        model: str
-        prompt_ids: list[int]
-        max_tokens: int
-        temperature: float = 0.0
-        top_p: float = 1.0
-        stop: list[str] = field(default_factory=list)
-        seed: int | None = None
-
-    @dataclass
-    class Delta:  # type: ignore[no-redef]
-        text: str
-        token_ids: list[int]
-        finish_reason: str | None
-        prompt_tokens: int
-        completion_tokens: int
-        error: str | None = None
-
-    import tunelab.serve
-
-    _module = types.ModuleType("tunelab.serve.engine")
-    _module.GenerationRequest, _module.Delta = GenerationRequest, Delta
-    sys.modules["tunelab.serve.engine"] = _module
-    tunelab.serve.engine = _module  # type: ignore[attr-defined]
+from tunelab.serve.engine import Delta, GenerationRequest, Stream
 
 ADAPTERS = ("alpha", "beta")
-BASE = "tiny"
+BASE = "tiny"  # the name the test servers serve the base under (the engine's own is the directory's name)
 
 
-class _Stream:
-    """One request's Deltas, readable from a thread (iter) or an event loop (async iter)."""
+def wait_for(cond: Any, timeout: float = 10.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
 
-    def __init__(self, request: GenerationRequest):
+
+def save_lora(model_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter directory as PEFT saves it after training (adapter_config.json naming the base),
+    with random weights (init_lora_weights=False) so that it changes the base's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(train_model_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {name: save_lora(train_model_dir, root / name, seed) for seed, name in enumerate(ADAPTERS)}
+
+
+@pytest.fixture(scope="session")
+def real_engine(train_model_dir, adapter_dirs):
+    from tunelab.serve.engines import load_engine
+
+    # one torch thread: the tiny model gains nothing from more on a shared 2-core machine (the engine's
+    # scheduler thread reads TUNELAB_THREADS when it is built); float32: greedy answers must not depend on
+    # what else shares a batch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNELAB_THREADS", "1")
+        eng = load_engine("transformers", str(train_model_dir), dict(adapter_dirs), device="cpu", max_batch=8,
+                          dtype="float32")
+    yield eng
+    eng.close()
+
+
+class RecordedStream:
+    """A real engine Stream, with the Deltas its reader was given recorded (iterating, blocking or async,
+    goes through the real Stream's own iterators)."""
+
+    def __init__(self, request: GenerationRequest, stream: Stream):
         self.request = request
+        self.stream = stream
         self.deltas: list[Delta] = []
-        self.cancelled = threading.Event()
-        self._cond = threading.Condition()
-        self._wakers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
-    def push(self, delta: Delta) -> None:
-        with self._cond:
-            self.deltas.append(delta)
-            self._cond.notify_all()
-            wakers = list(self._wakers)
-        for loop, event in wakers:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # that reader's event loop is closed (its server stopped): nobody to wake
-                pass
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
     def cancel(self) -> None:
-        self.cancelled.set()
+        self.stream.cancel()
 
-    def __iter__(self):
-        i = 0
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda i=i: len(self.deltas) > i)
-                delta = self.deltas[i]
-            i += 1
+    def __iter__(self) -> Iterator[Delta]:
+        for delta in self.stream:
+            self.deltas.append(delta)
             yield delta
-            if delta.finish_reason is not None:
-                return
 
-    def __aiter__(self):
-        return self._agen()
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._aiter()
 
-    async def _agen(self):
-        event = asyncio.Event()
-        with self._cond:
-            self._wakers.append((asyncio.get_running_loop(), event))
-        i = 0
-        while True:
-            event.clear()
-            while i < len(self.deltas):
-                delta = self.deltas[i]
-                i += 1
-                yield delta
-                if delta.finish_reason is not None:
-                    return
-            await event.wait()
+    async def _aiter(self) -> AsyncIterator[Delta]:
+        async for delta in self.stream:
+            self.deltas.append(delta)
+            yield delta
+
+    def outcome(self, timeout: float = 10.0) -> Delta | None:
+        """The engine's final Delta for this request once the engine has ended it (None if it has not
+        within `timeout`). For a request its reader left, that Delta is the one nobody read."""
+        if self.deltas and self.deltas[-1].finish_reason is not None:
+            return self.deltas[-1]
+        if not wait_for(lambda: self.stream.finished, timeout):
+            return None
+        return [*self.stream][-1]
 
 
-class SequentialEngine:
-    """The interface on Generator, one request at a time. `token_delay_s` paces the token stream (a stand-in
-    for a slow model) so disconnect and timeout tests can act while a request is still generating."""
+class Recorded:
+    """The real engine, delegating everything; records the requests submitted and their streams."""
 
-    kind = "transformers"
-
-    def __init__(self, model_dir: Path, token_delay_s: float = 0.0):
-        import torch
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from tunelab.models.generate import Generator
-
-        torch.manual_seed(0)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        base = AutoModelForCausalLM.from_pretrained(model_dir)
-        cfg = dict(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
-        self.model = get_peft_model(base, LoraConfig(**cfg), adapter_name=ADAPTERS[0])
-        for name in ADAPTERS[1:]:
-            self.model.add_adapter(name, LoraConfig(**cfg))
-        self.model.eval()
-        threads = torch.get_num_threads()  # Generator sets torch's process-wide count: leave it as found
-        self.generator = Generator(self.model, self.tokenizer, chat_template=True, threads=1)
-        self.raw = Generator(self.model, self.tokenizer, chat_template=False, threads=1)
-        torch.set_num_threads(threads)
-        self.token_delay_s = token_delay_s
-        self.queue: queue.Queue[_Stream | None] = queue.Queue()
-        self.running = 0
-        self.max_running = 0
-        self.cancelled: list[GenerationRequest] = []
+    def __init__(self, engine: Any):
+        self.real = engine
         self.submitted: list[GenerationRequest] = []
-        self.streams: list[_Stream] = []
-        self._worker = threading.Thread(target=self._work, daemon=True)
-        self._worker.start()
+        self.streams: list[RecordedStream] = []
 
-    def model_names(self) -> list[str]:
-        return [BASE, *ADAPTERS]
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
-    def context_length(self) -> int:
-        return int(self.model.config.max_position_embeddings)
-
-    def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        return self.generator.encode(messages)
-
-    def submit(self, request: GenerationRequest) -> _Stream:
-        from tunelab.errors import TunelabError
-
-        if request.model not in self.model_names():
-            raise TunelabError(f"unknown model '{request.model}'")
-        stream = _Stream(request)
+    def submit(self, request: GenerationRequest) -> RecordedStream:
+        stream = RecordedStream(request, self.real.submit(request))
         self.submitted.append(request)
         self.streams.append(stream)
-        self.queue.put(stream)
         return stream
 
-    def stats(self) -> dict[str, float]:
-        return {"queue_depth": float(self.queue.qsize()), "batch_size": float(self.running)}
+    def stream_for(self, prompt_ids: list[int]) -> RecordedStream:
+        return next(s for s in reversed(self.streams) if s.request.prompt_ids == prompt_ids)
 
-    def close(self) -> None:
-        self.queue.put(None)
-        self._worker.join(timeout=10)
+    def idle(self) -> bool:
+        stats = self.real.stats()
+        return stats["batch_size"] == 0 and stats["queue_depth"] == 0
 
-    def _work(self) -> None:
-        while True:
-            stream = self.queue.get()
-            if stream is None:
-                return
-            self.running = 1
-            try:
-                self._serve(stream)
-            except Exception as exc:  # an engine reports errors in the stream, never dies with them
-                stream.push(Delta("", [], "error", len(stream.request.prompt_ids), 0, error=str(exc)))
-            finally:
-                self.running = 0
 
-    def _serve(self, stream: _Stream) -> None:
-        from tunelab.models.generate import GenerationConfig
+@pytest.fixture
+def engine(real_engine):
+    """The session's real engine, recorded for this test; it is idle when the test starts and when it ends
+    (a test that leaves a request running would slow or confuse the next one)."""
+    assert wait_for(lambda: Recorded(real_engine).idle(), 30), "the engine is still busy from an earlier test"
+    rec = Recorded(real_engine)
+    yield rec
+    assert wait_for(rec.idle, 30), "a request was left running in the engine"
 
-        req = stream.request
-        n_prompt = len(req.prompt_ids)
-        if stream.cancelled.is_set():
-            self.cancelled.append(req)
-            stream.push(Delta("", [], "cancelled", n_prompt, 0))
-            return
-        cfg = GenerationConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-                               stop=list(req.stop), seed=req.seed or 0, batch_size=1)
-        text = self.tokenizer.decode(req.prompt_ids)
-        if req.model == BASE:
-            with self.model.disable_adapter():
-                out = self.raw.generate([text], cfg)[0]
-        else:
-            self.model.set_adapter(req.model)
-            out = self.raw.generate([text], cfg)[0]
-        sent = 0
-        for i, tok in enumerate(out.token_ids):
-            if stream.cancelled.is_set():
-                self.cancelled.append(req)
-                stream.push(Delta("", [], "cancelled", n_prompt, i))
-                return
-            upto = min(len(out.text), len(self.tokenizer.decode(out.token_ids[: i + 1], skip_special_tokens=True)))
-            piece, sent = out.text[sent:upto], max(sent, upto)
-            last = i == len(out.token_ids) - 1
-            stream.push(Delta(piece + (out.text[sent:] if last else ""), [tok],
-                              out.finish_reason if last else None, n_prompt, i + 1))
-            if self.token_delay_s:
-                time.sleep(self.token_delay_s)
-        if not out.token_ids:
-            stream.push(Delta(out.text, [], out.finish_reason, n_prompt, out.n_new_tokens))
+
+@pytest.fixture
+def slow_steps(real_engine, monkeypatch):
+    """slow_steps(seconds): the real engine sleeps that long before each decode step, so a long answer
+    takes long enough for a test to disconnect or time out while it generates."""
+    original = real_engine._step
+
+    def pace(delay: float) -> None:
+        def step() -> None:
+            time.sleep(delay)
+            original()
+
+        monkeypatch.setattr(real_engine, "_step", step)
+
+    return pace
 
 
 class LiveServer:
@@ -251,13 +187,6 @@ class LiveServer:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
-
-
-@pytest.fixture(scope="session")
-def engine(train_model_dir):
-    eng = SequentialEngine(train_model_dir)
-    yield eng
-    eng.close()
 
 
 @pytest.fixture

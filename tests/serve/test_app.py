@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import openai
 import pytest
 
+from .conftest import wait_for as _wait_for
+
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-def _wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _log_lines(path) -> list[dict]:
@@ -174,10 +166,20 @@ def test_unknown_routes_get_the_error_shape(serve):
 
 
 @pytest.fixture
-def slow(engine, monkeypatch):
-    """The engine paced at 20 ms a token, so a 64-token answer takes over a second."""
-    monkeypatch.setattr(engine, "token_delay_s", 0.02)
+def slow(engine, slow_steps):
+    """The real engine paced at 20 ms a decode step, so a 64-token answer takes over a second."""
+    slow_steps(0.02)
     return engine
+
+
+def _left_early(engine, messages) -> None:
+    """The request for `messages` was cancelled by the server and the engine ended it as cancelled, long
+    before its 64 tokens: its batch slot is free."""
+    rec = engine.stream_for(engine.render_chat(messages))
+    assert _wait_for(lambda: rec.stream.cancelled)
+    last = rec.outcome()
+    assert last is not None and last.finish_reason == "cancelled" and last.completion_tokens < 64, last
+    assert _wait_for(engine.idle)
 
 
 def test_a_client_that_disconnects_mid_stream_cancels_its_stream(serve, slow, tmp_path):
@@ -187,7 +189,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_stream(serve, slow, tm
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
-    assert _wait_for(lambda: any(q.prompt_ids == slow.render_chat(body["messages"]) for q in slow.cancelled))
+    _left_early(slow, body["messages"])
     assert _wait_for(lambda: any(e["status"] == 499 for e in _log_lines(tmp_path / "requests.jsonl")))
 
 
@@ -197,7 +199,8 @@ def test_a_client_that_disconnects_while_waiting_cancels_its_request(serve, slow
             "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/chat/completions", json=body, timeout=0.3)
-    assert _wait_for(lambda: any(q.prompt_ids == slow.render_chat(body["messages"]) for q in slow.cancelled))
+    _left_early(slow, body["messages"])
+    assert _wait_for(lambda: _log_lines(tmp_path / "requests.jsonl"))
     log = _log_lines(tmp_path / "requests.jsonl")
     assert log[-1]["status"] == 499 and log[-1]["finish_reason"] == "cancelled"
 
@@ -208,9 +211,10 @@ def test_a_request_past_the_timeout_is_cancelled_with_504(serve, make_client, sl
     with pytest.raises(openai.APIStatusError) as err:
         c.chat.completions.create(model="tiny", messages=messages, max_tokens=64, temperature=0)
     assert err.value.status_code == 504 and err.value.code == "request_timeout"
-    assert _wait_for(lambda: any(q.prompt_ids == slow.render_chat(messages) for q in slow.cancelled))
+    _left_early(slow, messages)
     with pytest.raises(openai.APIError, match="longer than the server's limit"):
         list(c.chat.completions.create(model="tiny", messages=messages, max_tokens=64, temperature=0, stream=True))
+    _left_early(slow, messages)
 
 
 def test_sixteen_concurrent_clients_all_get_their_answer(serve, make_client):
@@ -304,10 +308,13 @@ def test_an_engine_failure_is_a_500_in_openai_shape_whole_or_streamed(serve, mak
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory on the test device")
 
-    monkeypatch.setattr(engine.raw, "generate", broken)
+    monkeypatch.setattr(engine.real, "_forward", broken)  # the real engine's forward pass fails
     c = make_client(serve())
     with pytest.raises(openai.InternalServerError) as err:
         c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3)
     assert err.value.body["type"] == "server_error" and "out of memory" in err.value.body["message"]
     with pytest.raises(openai.APIError, match="out of memory"):
         list(c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3, stream=True))
+    # the engine's scheduler survived the failure: once the forward works again, so does serving
+    monkeypatch.undo()
+    assert c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3).usage.completion_tokens == 3

@@ -93,8 +93,11 @@ def chat(
     /reset starts over, /exit (or Ctrl-D) quits, Ctrl-C stops an answer."""
     from ..errors import TunelabError
     from ..serve.chat import ChatSession
+    from ..serve.names import served_base_name
 
-    adapters = {"adapter": adapter} if adapter is not None else {}
+    # the adapter's served name is internal here, but must not be the base's (a model directory named "adapter")
+    name = "adapter" if served_base_name(model) != "adapter" else "adapter-1"
+    adapters = {name: adapter} if adapter is not None else {}
     if adapter is not None and not adapter.exists():
         raise TunelabError(f"--adapter {adapter}: no such run or adapter directory")
     eng = _load_engine(engine, model, adapters, device=device, max_batch=1, dtype="auto")
