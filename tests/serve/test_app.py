@@ -46,6 +46,14 @@ def test_each_model_name_answers_with_its_own_weights_and_stream_equals_whole(se
     assert len(set(answers.values())) == 3, answers
 
 
+def test_a_request_without_temperature_is_answered_greedily(serve, make_client):
+    # OpenAI's default is 1.0; tunelab serves what it evaluated (greedy) unless the request asks otherwise
+    c = make_client(serve())
+    asked = [c.chat.completions.create(model="alpha", messages=HELLO, max_tokens=12, **kw).choices[0].message.content
+             for kw in ({}, {"temperature": 0}, {})]
+    assert asked[0] == asked[1] == asked[2]
+
+
 def test_the_stream_is_openai_sse_ending_in_done_with_usage_when_asked(serve):
     server = serve()
     body = {"model": "alpha", "messages": HELLO, "max_tokens": 5, "temperature": 0, "stream": True,

@@ -86,7 +86,7 @@ def chat(
     engine: str = typer.Option("transformers", "--engine", help=ENGINES),
     system: str | None = typer.Option(None, "--system", help="A system prompt."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy, as tunelab evaluates"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Chat with a model (and an adapter) in the terminal; answers stream as they are generated.

@@ -306,7 +306,7 @@ class _Server:
         max_tokens = self._max_tokens(body, len(prompt_ids))
         try:
             stream = self.engine.submit(GenerationRequest(
-                model=engine_model, prompt_ids=prompt_ids, max_tokens=max_tokens, temperature=body.temperature,
+                model=engine_model, prompt_ids=prompt_ids, max_tokens=max_tokens, temperature=body.sampling_temperature(),
                 top_p=body.top_p, stop=stop, seed=body.seed))
         except TunelabError as exc:
             raise APIError(400, str(exc)) from None

@@ -17,7 +17,7 @@ from .engine import GenerationRequest
 
 class ChatSession:
     def __init__(self, engine: Any, model: str, *, system: str | None = None, max_tokens: int = 512,
-                 temperature: float = 0.7, top_p: float = 1.0, seed: int | None = None):
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
         if model not in engine.model_names():
             raise TunelabError(f"model '{model}' is not served by this engine ({', '.join(engine.model_names())})")
         if max_tokens < 1:

@@ -64,10 +64,15 @@ class Message(_Body):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+GREEDY_DEFAULT = 0.0
+
+
 class _Sampling(_Body):
     model: str = Field(min_length=1)
     max_tokens: int | None = None
-    temperature: float = Field(1.0, ge=0, le=2)
+    # Not given: greedy (GREEDY_DEFAULT), as tunelab evaluated the model and as the exported Modelfile says;
+    # OpenAI's own default of 1.0 makes a small model's answers noise unlike the scores it was chosen on.
+    temperature: float | None = Field(None, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = 1
     stream: bool = False
@@ -75,6 +80,9 @@ class _Sampling(_Body):
     stop: str | list[str] | None = None
     seed: int | None = None
     logprobs: bool | int | None = None
+
+    def sampling_temperature(self) -> float:
+        return GREEDY_DEFAULT if self.temperature is None else self.temperature
 
     def stops(self) -> list[str]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
