@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from tunelab.errors import TunelabError
 from tunelab.llm.schema import bound_schema, reply_schema, token_budget
 from tunelab.models.generate import GenerationConfig, Generator
+from tunelab.models.grammar import Choice
 
 from .test_models_generate import PROMPTS, varied_model
 
@@ -128,6 +129,24 @@ def test_a_gemma_style_tokenizer_decodes_under_the_schema_too(tmp_path):
     outs = gen.generate(prompts, GenerationConfig(max_new_tokens=400), schemas=[plan_schema(2), plan_schema(1)])
     for out, n in zip(outs, (2, 1), strict=True):
         check(out, n, plan_schema(n))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_choice_row_writes_exactly_one_of_its_options(gen):
+    """A label set as a Choice: the reply is one option verbatim (no JSON quotes, no padding), for
+    options that share a prefix or hold quotes, backslashes and newlines, greedy and sampled."""
+    options = ("it", "it issue", 'say "hi"', "back\\slash", "two\nlines", "café")
+    cfg = GenerationConfig(max_new_tokens=30, batch_size=3)
+    free = gen.generate(PROMPTS, cfg)
+    assert not any(o.text in options for o in free)  # unconstrained, the random model writes none of them
+    outs = gen.generate(PROMPTS, cfg, schemas=[Choice(options)] * len(PROMPTS))
+    sampled = gen.generate(PROMPTS, GenerationConfig(max_new_tokens=30, temperature=1.0, seed=1),
+                           schemas=[Choice(options)] * len(PROMPTS))
+    for out in outs + sampled:
+        assert out.text in options and out.finish_reason == "stop"
+    assert len({o.text for o in outs + sampled}) > 1  # the model's choice, not always the first option
+    with pytest.raises(TunelabError, match="at least one non-empty option"):
+        Choice(("a", ""))
 
 
 def test_a_schema_per_prompt_is_checked(gen):

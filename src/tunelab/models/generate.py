@@ -15,7 +15,8 @@ Design, and why:
   batch and from the KV cache, so late steps compute only for rows still generating.
 - A row may be constrained to a JSON schema (`schemas=`, one per prompt or None): before each pick its
   logits are masked to the tokens the schema's grammar allows (models/grammar.py, through llguidance),
-  so its reply always parses; the row ends the moment its JSON is complete.
+  so its reply always parses; the row ends the moment its JSON is complete. A `grammar.Choice` in place
+  of a schema makes the reply exactly one of its options (a label set).
 - Greedy decoding takes the first maximum (as `torch.argmax` and HF generate do), so it is
   deterministic; sampling draws from one torch.Generator per prompt, seeded from `seed` and the
   prompt's position, so a sampled answer does not depend on batch size or on its neighbours.
@@ -149,10 +150,11 @@ class Generator:
         cfg: GenerationConfig | None = None,
         *,
         on_batch: Callable[[int], None] | None = None,
-        schemas: Sequence[dict[str, Any] | None] | None = None,
+        schemas: Sequence[dict[str, Any] | Any | None] | None = None,
     ) -> list[GenerationOutput]:
         """Answers for `prompts`, in their order. `on_batch(n)` is called after each batch of n.
-        `schemas[i]`, when given and not None, is a JSON schema prompt i's answer is decoded under."""
+        `schemas[i]`, when given and not None, is a JSON schema (or a grammar.Choice) prompt i's answer
+        is decoded under."""
         cfg = cfg or GenerationConfig()
         encoded = [self.encode(p) for p in prompts]
         self._check_lengths(encoded)
@@ -183,7 +185,7 @@ class Generator:
             self.model.train(was_training)
         return results  # type: ignore[return-value]
 
-    def _row_grammars(self, schemas: Sequence[dict[str, Any] | None] | None, n: int) -> list[Any] | None:
+    def _row_grammars(self, schemas: Sequence[dict[str, Any] | Any | None] | None, n: int) -> list[Any] | None:
         """One grammar state per prompt (None where unconstrained), or None when no prompt has a schema."""
         if schemas is None or all(s is None for s in schemas):
             return None

@@ -19,12 +19,17 @@ step but compiles each schema slower and pulls in triton and apache-tvm-ffi; out
 (SmolLM2) to 25 s (Gemma 3) building the index of each new schema, and tunelab's schemas change per call
 (item counts, label sets); lm-format-enforcer does not import with transformers 5 and wrote invalid JSON
 in the same walk.
+
+A row may instead be constrained to a `Choice`, a fixed set of strings (a label set): its reply is
+exactly one of them, nothing before or after. That is a Lark grammar of the options as literal
+alternatives, not the JSON schema `{"enum": [...]}`, whose reply would be a quoted JSON string.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +37,21 @@ import torch
 from ..errors import TunelabError
 
 _BITS = None  # torch.arange(32) as int32, made on first use
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A reply that is exactly one of `options` (e.g. a label set), decoded under their alternation."""
+
+    options: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.options or any(not isinstance(o, str) or not o for o in self.options):
+            raise TunelabError(f"a choice needs at least one non-empty option, got {list(self.options)}")
+
+    def lark(self) -> str:
+        # a JSON string is a valid Lark literal: quotes, backslashes and newlines in a label stay literal
+        return "start: " + " | ".join(json.dumps(o, ensure_ascii=False) for o in dict.fromkeys(self.options))
 
 
 class RowGrammar:
@@ -77,21 +97,29 @@ class JsonGrammar:
         self._executor = llguidance.LLExecutor()
         self._compiled: dict[str, str] = {}
 
-    def matcher(self, schema: dict[str, Any]) -> RowGrammar:
-        """A fresh row state for `schema`; a TunelabError says what is wrong with a schema it cannot use."""
-        key = json.dumps(schema, sort_keys=True)
+    def matcher(self, schema: dict[str, Any] | Choice) -> RowGrammar:
+        """A fresh row state for a JSON `schema` or a `Choice`; a TunelabError says what is wrong with a
+        schema it cannot use."""
+        what = "choice" if isinstance(schema, Choice) else "JSON schema"
+        key = f"choice:{json.dumps(schema.options)}" if isinstance(schema, Choice) else json.dumps(schema, sort_keys=True)
         grammar = self._compiled.get(key)
         if grammar is None:
             try:
-                # compact JSON: whitespace between tokens would let a small model pad a reply forever
-                grammar = self._ll.LLMatcher.grammar_from_json_schema(
-                    schema, defaults={"whitespace_flexible": False})
+                if isinstance(schema, Choice):
+                    grammar = self._ll.LLMatcher.grammar_from_lark(schema.lark())
+                else:
+                    # compact JSON: whitespace between tokens would let a small model pad a reply forever
+                    grammar = self._ll.LLMatcher.grammar_from_json_schema(
+                        schema, defaults={"whitespace_flexible": False})
             except ValueError as exc:
-                raise TunelabError(f"cannot decode under this JSON schema: {exc}") from None
+                raise TunelabError(f"cannot decode under this {what}: {exc}") from None
             self._compiled[key] = grammar
-        m = self._ll.LLMatcher(self._tok, grammar, log_level=0)
+        try:
+            m = self._ll.LLMatcher(self._tok, grammar, log_level=0)
+        except ValueError as exc:
+            raise TunelabError(f"cannot decode under this {what}: {exc}") from None
         if m.is_error():
-            raise TunelabError(f"cannot decode under this JSON schema: {m.get_error()}")
+            raise TunelabError(f"cannot decode under this {what}: {m.get_error()}")
         return RowGrammar(m)
 
     def mask(self, logits: torch.Tensor, rows: Sequence[RowGrammar | None]) -> torch.Tensor:
