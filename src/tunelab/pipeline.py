@@ -312,10 +312,13 @@ def check_benchmark_paths(config: ExperimentConfig) -> None:
 
 
 def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = None, progress: bool = True,
-        tracker: Any = None, train: bool = True) -> PipelineResult:
+        tracker: Any = None, train: bool = True,
+        on_progress: Callable[[str, int, int], None] | None = None) -> PipelineResult:
     """Run the whole experiment in `config`; see the module docstring for what is reused.
 
-    train=False is `tunelab compare`: the matrix is evaluated with the weights already trained."""
+    train=False is `tunelab compare`: the matrix is evaluated with the weights already trained.
+    `progress` is training's own bar; `on_progress(task, done, total)` is called as each variant's answers
+    are generated and as the forgetting check scores its benchmarks (after all training)."""
     from .compare import run as compare_run
     from .compare.variants import models_of
     from .track import Tracker
@@ -362,7 +365,7 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
 
     t = time.perf_counter()
     with tracker.run("compare", name="compare", tags={"dataset_hash": dataset_hash}) as tr:
-        compared = compare_run.run(config, on_stage=stage)
+        compared = compare_run.run(config, on_stage=stage, on_progress=on_progress)
         comparison = compared.comparison
         for row in comparison.rows:
             for name, cell in row["metrics"].items():

@@ -27,8 +27,10 @@ def find_example(example_dir: str | Path | None = None) -> Path:
     return config
 
 
-def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = None, progress: bool = True):
-    """Pull the model(s), then run the experiment; returns the pipeline result with a `pull` step first."""
+def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = None, progress: bool = True,
+        on_progress: Callable[[str, int, int], None] | None = None):
+    """Pull the model(s), then run the experiment; returns the pipeline result with a `pull` step first.
+    `on_progress` reaches pipeline.run."""
     from . import pipeline
     from .compare.variants import models_of
     from .models import pull
@@ -41,7 +43,7 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
         path = pull(model)
         pulls.append({"step": f"pull {model}", "status": "ran", "path": str(path),
                       "seconds": round(time.perf_counter() - t, 1)})
-    result = pipeline.run(config, on_stage=on_stage, progress=progress)
+    result = pipeline.run(config, on_stage=on_stage, progress=progress, on_progress=on_progress)
     result.steps[:0] = pulls
     return result
 

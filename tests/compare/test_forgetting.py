@@ -25,7 +25,7 @@ def test_named_data_file_is_used_and_a_changed_one_reruns_the_check(tmp_path, mo
     })
     calls = []
 
-    def fake_baseline(model, tokenizer, names, *, limit, batch_size, paths, out_dir):
+    def fake_baseline(model, tokenizer, names, *, limit, batch_size, paths, out_dir, progress=None):
         calls.append(dict(paths))
         result = {"changes": [{"benchmark": names[0], "run": len(calls)}]}
         Path(out_dir).mkdir(parents=True, exist_ok=True)

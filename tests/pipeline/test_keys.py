@@ -98,6 +98,8 @@ def test_variant_key_follows_base_weights_template_adapter_and_records(setup):
     assert keys(dtype="bfloat16") != fourth
     records[0].messages[1]["content"] = "another reference"
     assert keys() != fourth
+    # labelled records are decoded under the label set's grammar: predictions made without it are stale
+    assert variant_key(config(), base, records_hash(records), None, labelled=True)["hash"] != keys()[0]
 
 
 def test_forgetting_check_key_follows_the_benchmark_file_and_base_weights(setup, monkeypatch):

@@ -26,6 +26,7 @@ from ..io import atomic_dir, write_json, write_jsonl
 from .variants import Variant, model_identity, stable_hash, training_config, weights_hash
 
 KEY_FILE = "key.json"
+Progress = Callable[[str, int, int], None]  # on_progress(task, done, total)
 OUTPUT_KIND = "variant"  # the marker kind of <run_dir>/eval/<variant id> (tunelab.io.atomic_dir)
 
 
@@ -59,7 +60,10 @@ def records_hash(records: list[Record]) -> str:
     return stable_hash([r.to_dict() | {"meta": None} for r in records])
 
 
-def variant_key(config: ExperimentConfig, variant: Variant, records_digest: str, retrieval: Retrieval | None) -> dict:
+def variant_key(config: ExperimentConfig, variant: Variant, records_digest: str, retrieval: Retrieval | None,
+                labelled: bool = False) -> dict:
+    """`labelled`: some eval records are labelled, so their answers are decoded under the label set's
+    choice grammar (evaluate.runner.label_grammars); predictions made before that are not reused."""
     ev = config.eval
     key: dict[str, Any] = {
         "variant": variant.id,
@@ -70,6 +74,8 @@ def variant_key(config: ExperimentConfig, variant: Variant, records_digest: str,
         "generation": {"max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size},
         "judge": _judge_identity(config),
     }
+    if labelled:
+        key["generation"]["label_grammar"] = "choice"
     if variant.rag and retrieval is not None:
         key["retrieval"] = {"index": retrieval.index_hash, "top_k": retrieval.top_k,
                             "context_tokens": retrieval.context_tokens, "prompt": retrieval.prompt_version}
@@ -171,8 +177,9 @@ def _device(config: ExperimentConfig) -> str:
 
 def evaluate_variant(config: ExperimentConfig, variant: Variant, model: Any, tokenizer: Any,
                      records: list[Record], out_dir: Path, key: dict, retrieval: Retrieval | None,
-                     judge: Any = None) -> VariantResult:
+                     judge: Any = None, on_progress: Progress | None = None) -> VariantResult:
     from ..evaluate import run_eval
+    from ..evaluate.runner import batch_counter
     from ..models.generate import GenerationConfig
 
     start = time.perf_counter()
@@ -181,7 +188,8 @@ def evaluate_variant(config: ExperimentConfig, variant: Variant, model: Any, tok
         inputs, used = rag_records(records, retrieval, tokenizer)
     gen = GenerationConfig(max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size)
     result = run_eval(model, tokenizer, inputs, list(config.eval.metrics), None, gen,
-                      model_name=variant.label, data=str(config.eval.data or config.data.eval or "eval split"))
+                      model_name=variant.label, data=str(config.eval.data or config.data.eval or "eval split"),
+                      on_batch=batch_counter(on_progress, f"eval {variant.label}", len(inputs)))
     rows = result.rows
     for row, rec in zip(rows, records, strict=True):
         messages = rec.prompt_messages()
@@ -208,15 +216,17 @@ def evaluate_variant(config: ExperimentConfig, variant: Variant, model: Any, tok
 
 def evaluate_matrix(config: ExperimentConfig, variants: list[Variant], records: list[Record],
                     retrieval: Retrieval | None, *, on_stage: Callable[[str], None] | None = None,
-                    judge: Any = None, on_result: Callable[[VariantResult], None] | None = None) -> list[VariantResult]:
-    """Every variant's summary and rows, evaluated or read from the cache, in matrix order."""
+                    judge: Any = None, on_result: Callable[[VariantResult], None] | None = None,
+                    on_progress: Progress | None = None) -> list[VariantResult]:
+    """Every variant's summary and rows, evaluated or read from the cache, in matrix order;
+    `on_progress(task, done, total)` is called as each evaluated variant's answers are generated."""
     stage = on_stage or (lambda _s: None)
     digest = records_hash(records)
     eval_root = Path(config.run_dir) / "eval"
     results: dict[str, VariantResult] = {}
     pending: list[tuple[Variant, dict]] = []
     for v in variants:
-        key = variant_key(config, v, digest, retrieval)
+        key = variant_key(config, v, digest, retrieval, labelled=any(r.kind == "label" for r in records))
         hit = cached_result(v, eval_root / v.id, key)
         if hit is not None:
             results[v.id] = hit
@@ -241,7 +251,8 @@ def evaluate_matrix(config: ExperimentConfig, variants: list[Variant], records: 
                     base = model
                 loaded_for = (v.weights,)
             stage(f"eval: {v.label} on {len(records)} questions")
-            res = evaluate_variant(config, v, model, tokenizer, records, eval_root / v.id, key, retrieval, judge)
+            res = evaluate_variant(config, v, model, tokenizer, records, eval_root / v.id, key, retrieval, judge,
+                                   on_progress)
             results[v.id] = res
             if on_result:
                 on_result(res)

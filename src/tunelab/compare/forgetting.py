@@ -24,9 +24,10 @@ def wanted(config: ExperimentConfig) -> bool:
     return bool(config.eval.baseline or config.eval.benchmarks)
 
 
-def run_checks(config: ExperimentConfig, variants: list[Variant],
-               stage: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
-    """{variant label: the per-benchmark-metric change rows of evaluate.baseline.compare}."""
+def run_checks(config: ExperimentConfig, variants: list[Variant], stage: Callable[[str], None],
+               on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """{variant label: the per-benchmark-metric change rows of evaluate.baseline.compare};
+    `on_progress(task, done, total)` is called as benchmark requests are scored."""
     from ..evaluate.baseline import DEFAULT_BENCHMARKS, DEFAULT_LIMIT, run_baseline
     from .evaluate import _is_adapter, _load
 
@@ -51,8 +52,10 @@ def run_checks(config: ExperimentConfig, variants: list[Variant],
         model, tokenizer = _load(config, v.model, v.weights)
         # the old key goes first: a failure part way must not leave it vouching for new files
         (out_dir / "key.json").unlink(missing_ok=True)
+        report = None if on_progress is None else (
+            lambda task, done, total, label=v.label: on_progress(f"forgetting {label}: {task}", done, total))
         result = run_baseline(model, tokenizer, names, limit=limit, batch_size=batch_size, paths=paths,
-                              out_dir=out_dir)
+                              out_dir=out_dir, progress=report)
         write_json(out_dir / "key.json", {"hash": key})
         out[v.label] = result["changes"]
         del model

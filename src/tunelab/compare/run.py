@@ -152,7 +152,9 @@ def judge_for(config: ExperimentConfig) -> Callable[[list[dict[str, Any]], Varia
 
 
 def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = None,
-        judge: Any = None) -> CompareResult:
+        judge: Any = None, on_progress: Callable[[str, int, int], None] | None = None) -> CompareResult:
+    """`on_progress(task, done, total)` is called as each variant's answers are generated and as the
+    forgetting check scores its benchmarks."""
     stage = on_stage or (lambda _s: None)
     judge = judge or judge_for(config)
     start = time.perf_counter()
@@ -164,7 +166,8 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
     records, data_name = eval_records(config)
     retrieval, retrieval_info = setup_retrieval(config, records, stage)
 
-    results = evaluate_matrix(config, variants, records, retrieval, on_stage=stage, judge=judge)
+    results = evaluate_matrix(config, variants, records, retrieval, on_stage=stage, judge=judge,
+                              on_progress=on_progress)
     for res in results:
         res.train = _weights_json(res.variant, "summary.json") if res.variant.tuned else None
         if config.compare.tune is not None and res.variant.kind == "tuned":
@@ -173,7 +176,7 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
     comparison.extra["eval_data"] = data_name
     from .forgetting import run_checks
 
-    forgetting = run_checks(config, variants, stage)
+    forgetting = run_checks(config, variants, stage, on_progress)
     if forgetting:
         comparison.extra["forgetting"] = forgetting
         comparison.reading += _forgetting_sentences(forgetting)

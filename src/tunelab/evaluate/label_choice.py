@@ -12,6 +12,7 @@ No answer is ever unparsed in this mode.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,8 +25,9 @@ NORMALISATIONS = ("sum", "mean_char")
 
 def choose_labels(model: Any, tokenizer: Any, prompts: list[Prompt], labels: list[str], *,
                   chat_template: bool = True, batch_size: int = 32, normalise: str = "mean_char",
-                  threads: int | None = None) -> list[GenerationOutput]:
-    """One GenerationOutput per prompt whose text is the most likely label."""
+                  threads: int | None = None, on_batch: Callable[[int], None] | None = None) -> list[GenerationOutput]:
+    """One GenerationOutput per prompt whose text is the most likely label; `on_batch(n)` is called as
+    n more prompts have all their labels scored."""
     if normalise not in NORMALISATIONS:
         raise TunelabError(f"unknown label normalisation '{normalise}'; use one of {', '.join(NORMALISATIONS)}")
     labels = list(dict.fromkeys(labels))
@@ -43,7 +45,12 @@ def choose_labels(model: Any, tokenizer: Any, prompts: list[Prompt], labels: lis
         raise TunelabError(f"a label encodes to no tokens: {labels}")
     start = time.perf_counter()
     rows = [(ctx, ids) for ctx in contexts for ids in label_ids]
-    results = [score for i in range(0, len(rows), batch_size) for score in _score(model, rows[i : i + batch_size])]
+    results: list[float] = []
+    for i in range(0, len(rows), batch_size):
+        before = len(results) // len(labels)
+        results += _score(model, rows[i : i + batch_size])
+        if on_batch is not None and len(results) // len(labels) > before:
+            on_batch(len(results) // len(labels) - before)
     per_prompt = (time.perf_counter() - start) / max(1, len(prompts))
     outputs = []
     for i, ctx in enumerate(contexts):

@@ -103,24 +103,28 @@ def run(
     benchmark_dir: Path | None = None,
     device: str = "auto",
     on_stage: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> EvalRun:
-    """Evaluate `model` (with `adapter`) as `settings` says; see the module docstring."""
+    """Evaluate `model` (with `adapter`) as `settings` says; see the module docstring.
+    `on_progress(task, done, total)` is called as answers are generated and benchmark items scored."""
     stage = on_stage or (lambda _s: None)
     _check(settings, adapter)
     if out is None:
-        return _evaluate(model, settings, adapter, None, labels, label_mode, benchmark_dir, device, stage)
+        return _evaluate(model, settings, adapter, None, labels, label_mode, benchmark_dir, device, stage,
+                         on_progress)
     from ..io import claimed_output_dir
     from .runner import OUTPUT_KIND
 
     # a folder that is not an earlier `eval --out` is refused before any work; one this run created is
     # removed again if the run fails, so a failure leaves no output behind
     with claimed_output_dir(out, OUTPUT_KIND, [p for p in (settings.data, adapter) if p is not None]):
-        return _evaluate(model, settings, adapter, out, labels, label_mode, benchmark_dir, device, stage)
+        return _evaluate(model, settings, adapter, out, labels, label_mode, benchmark_dir, device, stage,
+                         on_progress)
 
 
 def _evaluate(model: str, settings: EvalConfig, adapter: Path | None, out: Path | None,
               labels: Sequence[str] | None, label_mode: str, benchmark_dir: Path | None, device: str,
-              stage: Callable[[str], None]) -> EvalRun:
+              stage: Callable[[str], None], on_progress: Callable[[str, int, int], None] | None) -> EvalRun:
     backend = None
     if settings.judge is not None:  # a judge that cannot be built fails before a model is loaded
         from .judge import judge_backend
@@ -140,7 +144,7 @@ def _evaluate(model: str, settings: EvalConfig, adapter: Path | None, out: Path 
         stage(f"warning: {warning}")
     if settings.data is not None:
         result.generation, result.judge = _generate(model_obj, tokenizer, settings, result.model, backend,
-                                                    out, labels, label_mode, stage)
+                                                    out, labels, label_mode, stage, on_progress)
     batch_size = max(settings.batch_size, 16)
     if settings.baseline:
         from .baseline import DEFAULT_LIMIT, run_baseline
@@ -148,14 +152,14 @@ def _evaluate(model: str, settings: EvalConfig, adapter: Path | None, out: Path 
         stage(f"forgetting check: base and tuned on {', '.join(names)} ...")
         result.baseline = run_baseline(model_obj, tokenizer, names, limit=settings.limit or DEFAULT_LIMIT,
                                        batch_size=batch_size, benchmark_dir=benchmark_dir, paths=paths,
-                                       out_dir=out / "baseline" if out else None)
+                                       out_dir=out / "baseline" if out else None, progress=on_progress)
     elif names:
         from .benchmarks.run import run_benchmarks
 
         stage(f"scoring {', '.join(names)} ...")
         result.benchmarks = run_benchmarks(model_obj, tokenizer, names, limit=settings.limit, batch_size=batch_size,
                                            benchmark_dir=benchmark_dir, paths=paths,
-                                           out_dir=out / "benchmarks" if out else None)
+                                           out_dir=out / "benchmarks" if out else None, progress=on_progress)
     return result
 
 
@@ -172,18 +176,20 @@ def _benchmark_files(names: list[str], settings: EvalConfig, benchmark_dir: Path
 
 
 def _generate(model: Any, tokenizer: Any, settings: EvalConfig, name: str, backend: Any, out: Path | None,
-              labels: Sequence[str] | None, label_mode: str, stage: Callable[[str], None]) -> tuple[Any, Any]:
+              labels: Sequence[str] | None, label_mode: str, stage: Callable[[str], None],
+              on_progress: Callable[[str, int, int], None] | None) -> tuple[Any, Any]:
     """Answers to the eval data with their metrics (and the judge's); written to out/generation only
     once everything is scored, so a failing judge leaves no partial summary."""
     from ..models.generate import GenerationConfig
     from .judge import has_context
-    from .runner import load_eval_records, run_eval, write_results
+    from .runner import batch_counter, load_eval_records, run_eval, write_results
 
     records = load_eval_records(settings.data)
     records = records[: settings.limit] if settings.limit else records
     gen = GenerationConfig(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
     res = run_eval(model, tokenizer, records, list(settings.metrics), None, gen, model_name=name,
-                   data=str(settings.data), label_set=list(labels) if labels else None, label_mode=label_mode)
+                   data=str(settings.data), label_set=list(labels) if labels else None, label_mode=label_mode,
+                   on_batch=batch_counter(on_progress, "generating", len(records)))
     judged = None
     if backend is not None:
         stage(f"judging {res.n} answers with {backend.name} ...")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,23 +164,29 @@ def run_eval(
 ) -> EvalResult:
     """Generate an answer for every record, score `metrics`, and write predictions and summary.
 
-    `on_batch(n)` is called after each generated batch (for a progress bar); `threads` sets torch's
-    CPU threads (default: physical cores)."""
+    In label_mode "generate", a labelled record's answer is decoded under a choice grammar of the label
+    set (`label_set`, else the labelled records' distinct references): it is exactly one label, never
+    text a label has to be parsed from (prompt/prefix-tuning adapters decode through HF generate, which
+    takes no grammar: their answers are parsed as before). `on_batch(n)` is called as n more records are
+    answered (for a progress display); `threads` sets torch's CPU threads (default: physical cores)."""
     gen_cfg = gen_cfg or GenerationConfig()
     chosen = resolve(metrics)  # unknown names fail before any generation
     prompts, refs = _examples(records)
     generator = Generator(model, tokenizer, chat_template=chat_template, threads=threads)
 
     start = time.perf_counter()
+    grammars = None
     if label_mode == "loglik":
         from .label_choice import choose_labels
 
         if any(rec.kind != "label" for rec in records):
             raise TunelabError("label_mode 'loglik' scores labelled records only (kind 'label')")
         outputs = choose_labels(model, tokenizer, prompts, label_set or sorted(set(refs)),
-                                chat_template=chat_template, batch_size=gen_cfg.batch_size, threads=threads)
+                                chat_template=chat_template, batch_size=gen_cfg.batch_size, threads=threads,
+                                on_batch=on_batch)
     elif label_mode == "generate":
-        outputs = generator.generate(prompts, gen_cfg, on_batch=on_batch)
+        grammars = label_grammars(model, records, refs, label_set)
+        outputs = generator.generate(prompts, gen_cfg, on_batch=on_batch, schemas=grammars)
     else:
         raise TunelabError(f"unknown label_mode '{label_mode}'; use generate or loglik")
     gen_wall = time.perf_counter() - start
@@ -204,7 +211,8 @@ def run_eval(
         metrics=values,
         rows=_rows(records, prompts, refs, outputs, values),
         generation={**gen_cfg.to_dict(), "chat_template": chat_template, "label_mode": label_mode,
-                    "stop_token_ids": sorted(generator.stop_token_ids)},
+                    "stop_token_ids": sorted(generator.stop_token_ids),
+                    **({"label_grammar": "choice"} if grammars else {})},
         timings=_timings(outputs, gen_wall, score_wall),
         data=data,
         out_dir=Path(out_dir) if out_dir is not None else None,
@@ -212,6 +220,44 @@ def run_eval(
     if result.out_dir is not None:
         write_results(result, result.out_dir)
     return result
+
+
+Progress = Callable[[str, int, int], None]  # on_progress(task, done, total), as every long stage reports
+
+
+def batch_counter(on_progress: Progress | None, task: str, total: int) -> Callable[[int], None] | None:
+    """An `on_batch(n)` for run_eval that reports the running count as on_progress(task, done, total),
+    starting with 0 done now (so a display shows the task before its first batch ends)."""
+    if on_progress is None:
+        return None
+    on_progress(task, 0, total)
+    done = 0
+
+    def on_batch(n: int) -> None:
+        nonlocal done
+        done += n
+        on_progress(task, done, total)
+
+    return on_batch
+
+
+def label_grammars(model: Any, records: list[Record], refs: list[str],
+                   label_set: list[str] | None) -> list[Any] | None:
+    """Per record, the choice grammar of the label set for a labelled record (None for others), or None
+    when no record is labelled or the model cannot decode under a grammar (prompt learning)."""
+    from ..models.generate import is_prompt_learning
+    from ..models.grammar import Choice
+
+    labelled = [rec.kind == "label" for rec in records]
+    if not any(labelled) or is_prompt_learning(model):
+        return None
+    labels = list(dict.fromkeys(label_set or sorted({ref for ref, is_label in zip(refs, labelled, strict=True)
+                                                      if is_label})))
+    if len(labels) < 2:  # a choice of one would score every answer right
+        raise TunelabError(f"the label set is one label only ({labels[0]!r}), so choosing among the labels "
+                           "tests nothing; give the label set (--labels A,B,...) or eval records of more than one "
+                           "label (a limit takes the first N records)")
+    return [Choice(tuple(labels)) if is_label else None for is_label in labelled]
 
 
 def write_results(result: EvalResult, out_dir: Path) -> None:
