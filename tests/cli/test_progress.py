@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 import teacher_server as teacher
@@ -67,3 +68,56 @@ def test_synth_json_prints_progress_lines_on_stderr_and_one_object_on_stdout(ser
     lines = result.stderr.splitlines()
     assert any(re.search(r" generating: 3/3 \(100%\), [\d.]+/s", line) for line in lines)
     assert all(LINE.match(line) for line in lines if "generating" in line)
+
+
+# -- the other long commands: eval generation, benchmarks, the main job's matrix -----------------------
+
+FILES = Path(__file__).parents[1] / "evaluate" / "files"
+QA = [("How many days of leave?", "25 days."), ("What is the capital of France?", "Paris."),
+      ("Who resets passwords?", "The IT helpdesk.")]
+
+
+def _finished(stderr: str, task: str, total: int) -> bool:
+    """A timestamped line saying `task` reached total/total."""
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
+    return any(stamp.match(line) and f" {task}: {total}/{total} (100%)" in line for line in stderr.splitlines())
+
+
+def _one_object(stdout: str) -> dict:
+    return json.loads(stdout)  # the whole of stdout: progress never lands there
+
+
+@pytest.fixture
+def eval_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_THREADS", "1")
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": a}]}) + "\n" for q, a in QA))
+    return path
+
+
+def test_eval_generation_and_benchmarks_print_progress_lines_on_stderr(tiny_model_dir, eval_file):
+    result = CliRunner().invoke(app, [
+        "eval", "--model", str(tiny_model_dir), "--data", str(eval_file), "--metrics", "token_f1",
+        "--max-new-tokens", "2", "--batch-size", "2", "--benchmark", "hellaswag",
+        "--benchmark-path", f"hellaswag={FILES / 'hellaswag_val.jsonl'}", "--limit", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    out = _one_object(result.stdout)
+    assert out["generation"]["n"] == 2 and out["benchmarks"]["benchmarks"]["hellaswag"]["n"] == 2
+    assert _finished(result.stderr, "generating", 2)
+    requests = re.search(r" hellaswag: (\d+)/\1 \(100%\)", result.stderr)  # 4 endings per item, unique requests
+    assert requests and int(requests.group(1)) > 2
+    assert "generating" not in result.stdout
+
+
+@pytest.mark.parametrize("command", ["compare", "run"])
+def test_the_main_jobs_matrix_prints_each_variants_progress_on_stderr(command, tiny_model_dir, eval_file, tmp_path):
+    config = {"name": "progress", "workdir": str(tmp_path / "runs"), "model": {"name": str(tiny_model_dir)},
+              "data": {"train": str(eval_file)}, "compare": {"train": False, "rag": "off"},
+              "eval": {"data": str(eval_file), "metrics": ["token_f1"], "max_new_tokens": 2, "batch_size": 2}}
+    (tmp_path / "exp.yaml").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, [command, str(tmp_path / "exp.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = _one_object(result.stdout)["compare"]["comparison"]["rows"]
+    assert [row["variant"] for row in rows] == [f"{tiny_model_dir.name} base"]
+    assert _finished(result.stderr, f"eval {tiny_model_dir.name} base", 3)

@@ -4,6 +4,7 @@ the report's shape and verdicts, files, and the CLI."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,8 @@ def test_eval_cli_baseline(tiny_model_dir, tmp_path):
     assert isinstance(out["baseline"]["forgetting"], bool) and out["baseline"]["limit"] == 3
     assert out["adapter"]["changes_outputs"] is True and out["warnings"] == []
     assert (tmp_path / "out" / "baseline" / "baseline.json").is_file()
+    for model in ("base", "tuned"):  # progress lines on stderr (not a terminal), never on stdout
+        assert re.search(rf"^[\d-]+ [\d:]+ {model} truthfulqa_mc1: (\d+)/\1 \(100%\)", res.stderr, re.M)
 
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output

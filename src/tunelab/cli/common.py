@@ -155,6 +155,26 @@ def progress(transient: bool = True):
     )
 
 
+@contextlib.contextmanager
+def progress_reporter(transient: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """The `on_progress(task, done, total)` callback library stages take, drawn by `progress()`: one line
+    of the display per task name. The display starts at the first report, so the steps before it (a
+    training run's own bar) have the terminal to themselves."""
+    with contextlib.ExitStack() as stack:
+        display: Any = None
+        tasks: dict[str, Any] = {}
+
+        def report(task: str, done: int, total: int) -> None:
+            nonlocal display
+            if display is None:
+                display = stack.enter_context(progress(transient))
+            if task not in tasks:
+                tasks[task] = display.add_task(task, total=total or None)
+            display.update(tasks[task], completed=done, total=total or None)
+
+        yield report
+
+
 PROGRESS_EVERY_ENV = "TUNELAB_PROGRESS_EVERY"
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from .common import JsonOption, emit, err_console, handle_errors, parse_pairs
+from .common import JsonOption, emit, err_console, handle_errors, parse_pairs, progress_reporter
 
 
 @handle_errors
@@ -30,7 +30,7 @@ def evaluate(
     batch_size: int = typer.Option(16, "--batch-size"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write predictions JSONL and summary JSON here."),
     labels: str | None = typer.Option(None, "--labels", help="Comma-separated label set of a labelled task (default: the distinct references)."),
-    label_mode: str = typer.Option("generate", "--label-mode", help="Labelled tasks: generate (parse the label from the answer) or loglik (the most likely label)."),
+    label_mode: str = typer.Option("generate", "--label-mode", help="Labelled tasks: generate (decode one of the labels, under a choice grammar) or loglik (the most likely label)."),
     judge: str | None = typer.Option(None, "--judge", help="Also score answers with an LLM judge: openai:MODEL@BASE_URL or local:MODEL[+ADAPTER]."),
     judge_cache: Path | None = typer.Option(None, "--judge-cache", help="Directory of cached judge calls (default: <tunelab home>/llm_calls)."),
     no_judge_cache: bool = typer.Option(False, "--no-judge-cache", help="Do not read or write the judge call cache."),
@@ -60,8 +60,10 @@ def evaluate(
     except ValidationError as exc:
         raise options_error(exc, "eval", EVAL_FLAGS) from None
     say = None if as_json else (lambda s: err_console.print(s, highlight=False, markup=False))
-    result = run(model, settings, adapter=adapter, out=out, labels=_names(labels) or None, label_mode=label_mode,
-                 benchmark_dir=benchmark_dir, device=device, on_stage=say)
+    with progress_reporter() as on_progress:  # on stderr: --json still prints one object on stdout
+        result = run(model, settings, adapter=adapter, out=out, labels=_names(labels) or None,
+                     label_mode=label_mode, benchmark_dir=benchmark_dir, device=device, on_stage=say,
+                     on_progress=on_progress)
     emit(result.to_dict(), as_json, lambda c: _render(result, c))
 
 

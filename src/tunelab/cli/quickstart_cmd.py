@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import JsonOption, emit, err_console, handle_errors
+from .common import JsonOption, emit, err_console, handle_errors, progress_reporter
 
 
 @handle_errors
@@ -23,9 +23,11 @@ def quickstart(
 
     start = time.perf_counter()
     config = qs.load(example, overrides or [])
-    if as_json:
-        result = qs.run(config, progress=False)
-    else:
-        result = qs.run(config, on_stage=lambda s: err_console.print(f"[dim]> {s}[/]", highlight=False))
+    with progress_reporter() as on_progress:  # each variant's generation, on stderr
+        if as_json:
+            result = qs.run(config, progress=False, on_progress=on_progress)
+        else:
+            result = qs.run(config, on_stage=lambda s: err_console.print(f"[dim]> {s}[/]", highlight=False),
+                            on_progress=on_progress)
     result.seconds = time.perf_counter() - start
     emit(result.to_dict(), as_json, lambda c: render_result(c, result))

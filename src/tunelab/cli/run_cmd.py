@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import JsonOption, emit, err_console, handle_errors
+from .common import JsonOption, emit, err_console, handle_errors, progress_reporter
 
 
 def _execute(config_file: Path, overrides: list[str] | None, as_json: bool, train: bool) -> None:
@@ -15,11 +15,12 @@ def _execute(config_file: Path, overrides: list[str] | None, as_json: bool, trai
     from ..config import load_config
 
     config = load_config(config_file, overrides or [])
-    if as_json:
-        result = pipeline.run(config, progress=False, train=train)
-    else:
-        result = pipeline.run(config, on_stage=lambda s: err_console.print(f"[dim]> {s}[/]", highlight=False),
-                              train=train)
+    with progress_reporter() as on_progress:  # each variant's generation, on stderr
+        if as_json:
+            result = pipeline.run(config, progress=False, train=train, on_progress=on_progress)
+        else:
+            result = pipeline.run(config, on_stage=lambda s: err_console.print(f"[dim]> {s}[/]", highlight=False),
+                                  train=train, on_progress=on_progress)
     emit(result.to_dict(), as_json, lambda c: render_result(c, result))
 
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from ..config import SynthConfig
 from ..errors import TunelabError
-from .common import JsonOption, emit, err_console, handle_errors, progress
+from .common import JsonOption, emit, err_console, handle_errors, progress_reporter
 
 
 def _set(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -143,14 +143,7 @@ def synth(
 
     def execute():
         # progress goes to stderr, so --json still prints one object on stdout
-        with progress() as bar:
-            tasks: dict[str, Any] = {}
-
-            def on_progress(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=total or None)
-                bar.update(tasks[stage], completed=done, total=total or None)
-
+        with progress_reporter() as on_progress:
             return run(cfg, on_progress=on_progress)
 
     if experiment is None:
