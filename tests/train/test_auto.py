@@ -144,3 +144,28 @@ def test_more_data_flips_the_split_rule_and_the_key_follows(tmp_path, monkeypatc
     before = train_key(explicit, "h")
     monkeypatch.setattr(auto, "rules_digest", lambda: "yet other rules")
     assert train_key(explicit, "h") == before
+
+
+def test_a_small_set_on_lora_gets_an_update_sized_lr_scaled_by_alpha_over_r():
+    small = dict(method="lora", n_examples=396, loss_tokens=10_000, step_size=8, has_validation=False)
+
+    def at(scale, **kw):
+        return auto.train_rules(TrainConfig(), lora_scale=scale, **{**small, "n_params": 135_000_000, **kw})["lr"]
+
+    # lr x alpha/r = SMALL_LORA_UPDATE: the default r16/alpha32 (scale 2) trains at 2.7e-3, scale 4 at half
+    assert at(2.0)["value"] == pytest.approx(2.7e-3) and at(4.0)["value"] == pytest.approx(1.35e-3)
+    assert "alpha/r = 2" in at(2.0)["reason"]
+    # outside what was measured the method's own suggestion stands: large sets, large models, non-LoRA methods
+    assert at(2.0, n_examples=5_000)["value"] == pytest.approx(2e-4)
+    assert at(2.0, n_params=7_000_000_000)["value"] == pytest.approx(2e-4)
+    assert at(2.0, method="ia3")["value"] == pytest.approx(3e-3)
+    assert at(None)["value"] == pytest.approx(2e-4)
+
+
+def test_resolve_train_passes_the_configs_lora_scale():
+    from tunelab.config import ExperimentConfig
+
+    config = ExperimentConfig.model_validate({"name": "x", "method": {"name": "lora", "r": 8, "alpha": 32}})
+    resolved, choices = auto.resolve_train(config, n_examples=396, loss_tokens=10_000, n_params=135_000_000,
+                                           has_validation=False)
+    assert resolved.train.lr == pytest.approx(1.35e-3) and choices["train.lr"]["value"] == resolved.train.lr
