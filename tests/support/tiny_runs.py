@@ -27,8 +27,8 @@ def converted_base(model_dir: Path, out: Path) -> Path:
     return out
 
 
-def experiment_config(tmp: Path, model: Path, name: str = "faq", **sections: Any) -> dict[str, Any]:
-    data = write_pairs(tmp / f"{name}.jsonl", PAIRS[:8])
+def experiment_config(tmp: Path, model: Path, name: str = "faq", pairs=PAIRS[:8], **sections: Any) -> dict[str, Any]:
+    data = write_pairs(tmp / f"{name}.jsonl", pairs)
     config: dict[str, Any] = {
         "name": name, "workdir": str(tmp / "runs"), "model": {"name": str(model)},
         "data": {"train": [str(data)], "split": {"train": 1.0, "validation": 0.0}, "dedup": "none", "pii": "off",
@@ -59,20 +59,14 @@ def train_tiny_run(model_dir: Path, workdir: Path, method: str = "lora", steps: 
     from tunelab.config import ExperimentConfig
     from tunelab.train import run
 
-    data = workdir / f"{method}-chat.jsonl"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                                     {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in CHAT * 2), encoding="utf-8")
-    opts = {"r": 4, "alpha": 8, "dropout": 0.0} if method in ("lora", "dora", "qlora") else {}
-    config = ExperimentConfig.model_validate({
-        "name": f"{method}-run", "workdir": str(workdir), "model": {"name": str(model_dir),
-                                                          "chat_template": str(chat_template) if chat_template else None},
-        "data": {"train": [str(data)], "split": {"train": 1.0, "validation": 0.0}, "dedup": "none", "pii": "off",
-                 "max_length": 64},
-        "method": {"name": method, **opts, **method_opts},
-        # a high lr so a few steps move the weights visibly; fp32 so the merge comparison is exact
-        "train": {"max_steps": steps, "batch_size": 4, "lr": 5e-2, "warmup_ratio": 0.0, "scheduler": "constant",
-                  "precision": "fp32"},
-    })
-    return run(config, progress=False).run_dir
+    workdir.mkdir(parents=True, exist_ok=True)
+    name = f"{method}-run"
+    config = experiment_config(workdir, model_dir, name, pairs=CHAT * 2)
+    config["workdir"] = str(workdir)
+    config["model"]["chat_template"] = str(chat_template) if chat_template else None
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0} if method in ("lora", "dora", "qlora") else {}
+    config["method"] = {"name": method, **lora, **method_opts}
+    # a high lr so a few steps move the weights visibly; fp32 so the merge comparison is exact
+    config["train"].update(max_steps=steps, lr=5e-2)
+    config.pop("tracking")  # as before: the default tracking section
+    return run(ExperimentConfig.model_validate(config), progress=False).run_dir
