@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -60,3 +61,56 @@ def test_two_processes_share_one_sqlite_study(sweep_file, tmp_path):
     assert _numbers(storage, "team") == [(n, "COMPLETE") for n in range(4)]
     trial_dirs = sorted(p.name for p in (tmp_path / "runs" / "sw" / "sweep" / "trials" / "team").iterdir())
     assert trial_dirs == [f"trial-{n:04d}" for n in range(4)]
+
+
+def _params(storage: str, name: str) -> list[tuple[int, str, dict]]:
+    study = optuna.load_study(study_name=name, storage=storage)
+    return sorted((t.number, t.state.name, t.params) for t in study.get_trials())
+
+
+def test_a_dead_workers_trial_is_failed_and_its_settings_measured_by_the_next(sweep_file, tmp_path, monkeypatch):
+    from tunelab.config import load_config
+    from tunelab.sweep import study as study_mod
+    from tunelab.sweep.space import encode_params, sample
+
+    monkeypatch.setattr(study_mod, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(study_mod, "GRACE_S", 1)
+    path = sweep_file()
+    config = load_config(path, [*FREE])
+    storage = f"sqlite:///{tmp_path / 'common' / 'study.db'}"
+    # a worker took trial 0 and died: RUNNING, its heartbeat stamped once and never again
+    study = study_mod.open_study(config.sweep, storage=storage, name="team", direction="minimize", resume=True)
+    study.enqueue_trial(encode_params(config.sweep.space, {"train.lr": 3.0e-3}))
+    dead = study.ask()
+    sample(dead, config.sweep.space)  # a worker suggests its settings first thing
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)
+
+    out = CliRunner().invoke(app, ["sweep", str(path), *FREE, "--storage", storage, "--study", "team",
+                                   "--trials", "1", "--resume", "--json"])
+    assert out.exit_code == 0, out.output
+    rows = _params(storage, "team")
+    assert [(n, s) for n, s, _ in rows] == [(0, "FAIL"), (1, "COMPLETE")]
+    assert rows[1][2] == rows[0][2]  # the dead trial's settings were measured, not lost
+
+
+def test_an_interrupted_trial_is_measured_first_on_resume(sweep_file, tmp_path, monkeypatch):
+    import importlib
+
+    train_run_mod = importlib.import_module("tunelab.train.run")  # the module; tunelab.train.run is the function
+    real = train_run_mod.run
+    monkeypatch.setattr(train_run_mod, "run", lambda *a, **k: real(*a, **{**k, "stop": lambda: True}))
+    config = str(sweep_file())
+    runner = CliRunner()
+    stopped = runner.invoke(app, ["sweep", config, *FREE, "--trials", "2"])
+    assert stopped.exit_code != 0 and "--resume" in stopped.output
+    monkeypatch.setattr(train_run_mod, "run", real)
+    resumed = runner.invoke(app, ["sweep", config, *FREE, "--trials", "1", "--resume", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    storage = f"sqlite:///{tmp_path / 'runs' / 'sw' / 'sweep' / 'optuna.db'}"
+    rows = _params(storage, "sw")
+    assert [(n, s) for n, s, _ in rows] == [(0, "FAIL"), (1, "COMPLETE")]
+    assert rows[1][2] == rows[0][2]
+    # queued again, not sampled again (a seeded sampler could repeat a point by chance)
+    retry = optuna.load_study(study_name="sw", storage=storage).get_trials()[1]
+    assert retry.system_attrs.get("fixed_params") == rows[0][2]

@@ -217,6 +217,8 @@ class Objective:
             self.on_trial({"number": trial.number, "state": state, "value": value, "params": values,
                            "pruned_at_step": reporter.pruned_at})
         if state == "interrupted":
+            # Optuna fails the trial; its settings go back in the queue so `--resume` measures them first
+            trial.study.enqueue_trial(trial.params)
             raise SweepInterrupted("the sweep was interrupted; `tunelab sweep --resume` continues the study")
         if state == "pruned":
             raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")

@@ -9,12 +9,20 @@ study with no trial repeated or lost (Optuna hands out trial numbers through it)
 
 SQLite allows one writer at a time; processes that share a file wait for the lock (a 60 s busy timeout)
 instead of failing with "database is locked".
+
+A worker that dies mid-trial (killed, the machine lost) would leave its trial RUNNING for ever, and its
+settings never measured. Database storages therefore carry a heartbeat: each running trial is stamped every
+HEARTBEAT_S seconds; when a worker starts a trial it first marks any trial silent for GRACE_S as failed, and
+the failed trial's settings are queued again once (Optuna's RetryFailedTrialCallback), so the next free
+worker measures them: no trial is lost. Optuna's journal storage has no heartbeat: there a killed worker's
+trial stays RUNNING (the report shows it) and is not retried.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,9 @@ from ..errors import TunelabError
 from ..io import file_lock
 
 SQLITE_TIMEOUT_S = 60
+HEARTBEAT_S = 30
+# long enough that a trial busy in one long step (a big evaluation) is never taken for dead
+GRACE_S = 300
 
 
 def default_storage(config: ExperimentConfig) -> str:
@@ -52,8 +63,11 @@ def open_storage(url: str) -> Any:
     # tables made.
     for attempt in range(OPEN_TRIES):
         try:
-            with lock():
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            with lock(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat's
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
         except Exception as exc:  # SQLAlchemy / driver errors: say which storage, never a traceback
             if attempt + 1 < OPEN_TRIES and _creation_race(exc):
                 time.sleep(0.5 * (attempt + 1))
