@@ -1,5 +1,5 @@
 """Judge-vs-people agreement: kappa equals scikit-learn's, the intervals, pair orientation, the ratings
-file's checks, judging rated answers against a loopback judge."""
+file's checks, judging rated answers against a loopback judge, and `tunelab eval --agreement`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import openai_server
 import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import cohen_kappa_score
+from typer.testing import CliRunner
 
+from tunelab.cli import app
 from tunelab.errors import InputError, TunelabError
 from tunelab.evaluate.agreement import (
     agreement_from_ratings,
@@ -224,3 +226,59 @@ def test_judge_ratings_scores_both_answers_and_picks_the_higher(server):
     server.responder = lambda body: openai_server.Reply(status=500)
     with pytest.raises(TunelabError, match="could not score a single row"):
         judge_ratings(ratings, OpenAIBackend("judge", server.base_url, max_retries=0), retries=0)
+
+
+def test_eval_agreement_cli_prints_the_table_json_and_writes_out(server, tmp_path):
+    server.responder = graded({"good": 5, "fine": 4, "bad": 1})
+    ratings = [rating(0, "good", "bad", "a"), rating(1, "bad", "good", "b"), rating(2, "fine", "good", "a"),
+               rating(3, "good", "bad", "both_wrong", va="tuned", vb="base"),
+               rating(4, "fine", "bad", "a", va="rag", vb="base"), rating(5, "bad", "fine", "a", va="base", vb="rag")]
+    path = write_ratings(tmp_path / "ratings.jsonl", ratings)
+    args = ["eval", "--judge", f"openai:judge@{server.base_url}", "--agreement", path,
+            "--judge-cache", str(tmp_path / "calls")]
+    result = CliRunner().invoke(app, [*args, "--json", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["n_ratings"] == 6 and out["metric"] == "judge_accuracy"
+    assert out["judge"] == f"openai:judge@{server.base_url}" and out["judge_metric"]["n_scored"] == 12
+    human = ["a", "b", "a", "tie", "b", "a"]  # oriented: base first, then rag / tuned; both_wrong is a tie
+    judge = ["a", "b", "b", "b", "b", "b"]
+    assert out["overall"]["kappa"] == pytest.approx(cohen_kappa_score(human, judge))
+    assert out["overall"]["agreement"] == pytest.approx(3 / 6)
+    assert sorted(out["pairs"]) == ["base vs rag", "base vs tuned"] and out["pairs"]["base vs tuned"]["n"] == 4
+    assert "SE is 0" in out["pairs"]["base vs rag"]["kappa_note"]  # the judge chose b on both: one class
+    saved = json.loads((tmp_path / "out" / "agreement.json").read_text())
+    assert saved["overall"] == out["overall"]
+    rows = [json.loads(x) for x in (tmp_path / "out" / "judged.jsonl").read_text().splitlines()]
+    assert [r["judge_choice"] for r in rows] == ["a", "b", "b", "a", "a", "b"]  # as shown, before orienting
+    assert rows[2]["judge_score_a"] == 4 and rows[2]["judge_score_b"] == 5
+    assert (tmp_path / "out" / ".tunelab-output.json").exists()
+
+    result = CliRunner().invoke(app, args)  # the table, answered from the judge cache
+    assert result.exit_code == 0, result.output
+    assert len(server.requests) == 12
+    for text in ("overall", "base vs tuned", "base vs rag", "0.50", "Wilson", "* base vs rag: kappa its SE is 0"):
+        assert text in result.output, result.output
+
+
+def test_eval_agreement_cli_refuses_bad_input_and_writes_nothing(server, tmp_path):
+    server.responder = graded({"good": 5, "bad": 1})
+    path = write_ratings(tmp_path / "ratings.jsonl", [rating(0, "good", "bad", "sure")])
+    judge = ["--judge", f"openai:judge@{server.base_url}", "--no-judge-cache"]
+    result = CliRunner().invoke(app, ["eval", *judge, "--agreement", path, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and f"{path}:1: field 'choice'" in result.output
+    assert not (tmp_path / "out").exists() and not server.requests
+
+    write_ratings(tmp_path / "ratings.jsonl", [rating(0, "good", "bad", "a")])
+    result = CliRunner().invoke(app, ["eval", "--agreement", path])
+    assert result.exit_code == 2 and "--agreement needs --judge" in result.output
+    result = CliRunner().invoke(app, ["eval", *judge, "--agreement", path, "--data", path])
+    assert result.exit_code == 2 and "--agreement judges the answers in the ratings file" in result.output
+    result = CliRunner().invoke(app, ["eval", *judge, "--agreement", path, "--agreement-metric", "judge_faithfulness"])
+    assert result.exit_code == 2 and "cannot judge ratings on 'judge_faithfulness'" in result.output
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["eval", *judge, "--agreement", path, "--out", str(theirs)])
+    assert result.exit_code == 2 and "did not write" in result.output
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"] and not server.requests
