@@ -282,3 +282,25 @@ def test_eval_agreement_cli_refuses_bad_input_and_writes_nothing(server, tmp_pat
     result = CliRunner().invoke(app, ["eval", *judge, "--agreement", path, "--out", str(theirs)])
     assert result.exit_code == 2 and "did not write" in result.output
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"] and not server.requests
+
+
+@pytest.mark.slow
+def test_eval_agreement_with_the_bundled_model_as_a_local_judge(tmp_path, monkeypatch):
+    """SmolLM2-135M-Instruct judges four answers through the real prompt under the Rating grammar: every
+    answer gets a 1-5 score, so every rating gets a judge choice, and the report adds up."""
+    from tunelab.models.bundled import find_bundled
+
+    find_bundled("smollm2-135m-instruct").require_installed()  # make install adds it: missing is a failure
+    monkeypatch.setenv("TUNELAB_THREADS", "2")
+    path = write_ratings(tmp_path / "ratings.jsonl", [
+        rating(0, "Paris is the capital of France.", "Berlin.", "a", question="What is the capital of France?",
+               reference="Paris."),
+        rating(1, "I do not know.", "Water boils at 100 degrees Celsius at sea level.", "b",
+               question="At what temperature does water boil at sea level?", reference="100 degrees Celsius.")])
+    result = CliRunner().invoke(app, ["eval", "--judge", "local:smollm2-135m-instruct", "--agreement", path,
+                                      "--judge-cache", str(tmp_path / "calls"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["judge_metric"]["n_scored"] == 4 and out["judge_metric"]["n_failed"] == 0
+    assert out["overall"]["n"] == 2 and out["overall"]["n_excluded"] == 0
+    assert 0 <= out["overall"]["agreement"] <= 1
