@@ -1,9 +1,11 @@
 """`tunelab eval`: generation metrics on a data file and/or multiple-choice benchmarks, for a model
 with an optional adapter; an LLM judge (--judge SPEC) and the forgetting check (--baseline) on top.
-The options are validated as the config's eval section; tunelab.evaluate.run does the work.
+The options are validated as the config's eval section; tunelab.evaluate.run does the work, and
+tunelab.evaluate.agreement with --agreement (the judge against people's blind ratings).
 
     tunelab eval --data eval.jsonl --judge openai:llama3.1@http://localhost:11434/v1 -o out/
     tunelab eval --adapter runs/exp/train --baseline            # hellaswag + truthfulqa_mc1, 100 each
+    tunelab eval --judge openai:llama3.1@http://localhost:11434/v1 --agreement ratings.jsonl  # judge vs people
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def evaluate(
     judge_api_key_env: str = typer.Option("OPENAI_API_KEY", "--judge-api-key-env", help="Environment variable with the judge's API key."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one, as training picks), cpu, cuda or cuda:N."),
     baseline: bool = typer.Option(False, "--baseline", help="With --adapter: score the base model too on the benchmarks (default hellaswag,truthfulqa_mc1) and report the change."),
+    agreement: Path | None = typer.Option(None, "--agreement", help="With --judge: a ratings file (JSONL, the browser review's export); judge its answers and report how far the judge agrees with people."),
+    agreement_metric: str = typer.Option("judge_accuracy", "--agreement-metric", help="With --agreement: the judge rubric that scores each answer: judge_accuracy (needs references) or judge_relevance."),
     as_json: bool = JsonOption,
 ) -> None:
     """Evaluate a model (optionally with an adapter) on a data file and/or benchmarks."""
@@ -59,12 +63,30 @@ def evaluate(
         settings = EvalConfig.model_validate(options)
     except ValidationError as exc:
         raise options_error(exc, "eval", EVAL_FLAGS) from None
+    if agreement is not None:
+        _agreement(agreement, settings, agreement_metric, out, as_json,
+                   [flag for flag, given in (("--data", data), ("--benchmark", benchmark), ("--adapter", adapter),
+                                             ("--baseline", baseline)) if given])
+        return
     say = None if as_json else (lambda s: err_console.print(s, highlight=False, markup=False))
     with progress_reporter() as on_progress:  # on stderr: --json still prints one object on stdout
         result = run(model, settings, adapter=adapter, out=out, labels=_names(labels) or None,
                      label_mode=label_mode, benchmark_dir=benchmark_dir, device=device, on_stage=say,
                      on_progress=on_progress)
     emit(result.to_dict(), as_json, lambda c: _render(result, c))
+
+
+def _agreement(path: Path, settings: Any, metric: str, out: Path | None, as_json: bool, others: list[str]) -> None:
+    from ..errors import TunelabError
+    from ..evaluate.agreement import render_agreement, run_agreement
+
+    if settings.judge is None:
+        raise TunelabError("--agreement needs --judge SPEC: the judge whose verdicts are compared with the ratings")
+    if others:
+        raise TunelabError(f"--agreement judges the answers in the ratings file and runs no model: drop "
+                           f"{', '.join(others)}")
+    report = run_agreement(path, settings.judge, metric=metric, out=out)
+    emit(report, as_json, lambda c: c.print(render_agreement(report)))
 
 
 # where each option lands in an experiment file's eval section (for error messages)
