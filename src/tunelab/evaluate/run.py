@@ -63,14 +63,15 @@ class EvalRun:
 
 
 def judge_rows(rows: list[dict[str, Any]], backend: Any, *, with_context: bool, retries: int,
-               what: str = "") -> Any:
-    """Judge predictions rows and add each row's scores to it; returns the evaluate.judge.JudgeResult.
+               what: str = "", metrics: Sequence[str] | None = None) -> Any:
+    """Judge predictions rows on `metrics` (default: judge_predictions') and add each row's scores to it;
+    returns the evaluate.judge.JudgeResult.
 
     Raises TunelabError, before any row is changed, when a metric got no score on any row because the
     judge failed (an answer with no statements to check is not a failure of the judge)."""
     from .judge import NO_STATEMENTS, describe_failures, judge_predictions
 
-    judged = judge_predictions(rows, backend, with_context=with_context, retries=retries)
+    judged = judge_predictions(rows, backend, with_context=with_context, retries=retries, metrics=metrics)
     dead = {name: m for name, m in judged.metrics.items()
             if m["n_scored"] == 0 and set(m["failures"]) - {NO_STATEMENTS}}
     if dead:
