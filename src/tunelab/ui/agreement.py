@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..evaluate.agreement import agreement_report, judge_choice, pair_name
 from ..review.store import Rating
 from .workdir import Experiment
 
@@ -33,8 +34,6 @@ def agreement_panel(exp: Experiment, ratings: list[Rating]) -> dict[str, Any] | 
     scores to compare them with."""
     if not ratings or not has_judge_scores(exp):
         return None
-    from ..evaluate.agreement import agreement_report, judge_choice, pair_name
-
     human, judge, pairs = [], [], []
     for r in ratings:
         human.append(r.choice)
