@@ -160,10 +160,10 @@ def create_app(workdir: str | Path, db_url: str, *, hosts: list[str] | None = No
         return page(request, "questions.html.jinja", exp=exp, items=items, page_no=page_no, pages=pages)
 
     @app.get("/exp/{name}/review", response_class=HTMLResponse)
-    def review(request: Request, name: str):
+    def review(request: Request, name: str, change: bool = False):
         exp = experiment(name)
         reviewer = _reviewer(request)
-        if reviewer is None:
+        if reviewer is None or change:
             return page(request, "reviewer.html.jinja", exp=exp, next_url=f"/exp/{quote(name)}/review")
         mine = store.ratings(name, reviewer)
         rated = {(r.question_id, frozenset((r.variant_a, r.variant_b))) for r in mine}
