@@ -224,3 +224,19 @@ def test_experiment_list_pages_and_reads_only_the_page(tmp_path):
     assert "page 1 of 3" in first
     assert len(c.app.state.workdir._summaries) == 50  # only the page shown was parsed
     assert 'href="/exp/exp060"' in c.get("/?page=2").text
+
+
+def test_agreement_leaves_out_ratings_of_answers_the_comparison_no_longer_has(workdir):
+    c = client(workdir)
+    sign_in(c)
+    for choice in ("a", "b", "a", "tie"):
+        rate(c, choice)
+    ratings = c.app.state.store.ratings("exp")
+    # the comparison is re-run and the tuned variant answers differently now: the judge's new scores
+    # belong to answers nobody rated
+    build_workdir(workdir, answers={"base": [f"Base answer {i}." for i in range(6)],
+                                    "base_rag": [f"Grounded answer {i}." for i in range(6)],
+                                    "tuned": [f"A new tuned answer {i}." for i in range(6)]})
+    stale = sum("tiny-model tuned" in (r.variant_a, r.variant_b) for r in ratings)
+    panel = c.get("/exp/exp").text.split('id="agreement"')[1].split("</table>")[0]
+    assert f"<tr><td>all pairs</td><td>{4 - stale}</td><td>{stale}</td>" in panel
