@@ -36,11 +36,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("models", "documents"),  # shared services on models and on documents
     ("llm",),  # LLM backends for the judge and the teacher
     ("config",),  # the experiment schema
-    ("data", "track"),  # datasets and tracking, used by the stages
+    ("data", "track", "review"),  # datasets, tracking and human ratings, used by the stages and the app
     ("evaluate",),  # scoring
     ("synth", "train", "rag"),  # the stages that make things: data, a tuned model, an index
     ("export", "serve"),  # getting a trained model out: files, the Hub, a server
     ("compare", "pipeline", "quickstart", "sweep"),  # orchestration of the stages
+    ("ui",),  # the review web app, over the comparisons (compare) and the ratings (review)
     ("cli",),  # parses and prints
 ]
 # Peers that must not import one another at all: what two stages share belongs in a layer below them.

@@ -15,6 +15,7 @@ from .run_cmd import compare, run
 from .serve_cmd import chat, serve
 from .sweep_cmd import sweep
 from .train_cmd import train
+from .ui_cmd import review_app, ui
 
 app = typer.Typer(
     help="tunelab: fine-tune open LLMs, compare them against RAG, and serve them.",
@@ -27,6 +28,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(rag_cmd.app, name="rag")
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(export_cmd.app, name="export")
+app.add_typer(review_app, name="review")
 app.command("train")(train)
 app.command("eval")(evaluate)
 app.command("quickstart")(quickstart)
@@ -35,6 +37,7 @@ app.command("compare")(compare)
 app.command("sweep")(sweep)
 app.command("serve")(serve)
 app.command("chat")(chat)
+app.command("ui")(ui)
 
 
 def main() -> None:

@@ -42,6 +42,17 @@ class Comparison:
             "retrieval": self.retrieval, "reading": self.reading, **self.extra,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comparison:
+        """The inverse of to_dict: a comparison read back from comparison.json."""
+        known = {"n", "primary_metric", "metrics", "rows", "contrasts", "categories", "retrieval", "reading"}
+        return cls(metrics=list(data.get("metrics") or []), rows=list(data.get("rows") or []),
+                   contrasts=[Contrast(**c) for c in data.get("contrasts") or []],
+                   categories=dict(data.get("categories") or {}), retrieval=data.get("retrieval"),
+                   reading=list(data.get("reading") or []), n=int(data.get("n") or 0),
+                   primary=str(data.get("primary_metric") or ""),
+                   extra={k: v for k, v in data.items() if k not in known})
+
 
 def fmt(value: Any, digits: int = 4) -> str:
     if value is None:
