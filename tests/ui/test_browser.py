@@ -48,7 +48,7 @@ def browser(tmp_path):
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(_find("chromedriver")), options=options)
-    driver.implicitly_wait(5)
+    driver.implicitly_wait(30)  # a busy 2-core machine can take seconds to render a page
     driver.downloads = downloads
     try:
         yield driver
@@ -109,7 +109,7 @@ def test_rate_five_pairs_blind_in_chromium(workdir, browser):
                 _shot(browser, "2-review")
             form = browser.find_element(By.ID, "rate-form")
             browser.find_element(By.ID, "submit").click()
-            WebDriverWait(browser, 10).until(expected_conditions.staleness_of(form))  # the next page loaded
+            WebDriverWait(browser, 60).until(expected_conditions.staleness_of(form))  # the next page loaded
             assert browser.find_element(By.ID, "rated-count").text == str(i + 1)
         assert len(set(seen)) == 5
 
