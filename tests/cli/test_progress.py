@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import openai_server
 import pytest
 import teacher_server as teacher
 from typer.testing import CliRunner
@@ -121,3 +122,66 @@ def test_the_main_jobs_matrix_prints_each_variants_progress_on_stderr(command, t
     rows = _one_object(result.stdout)["compare"]["comparison"]["rows"]
     assert [row["variant"] for row in rows] == [f"{tiny_model_dir.name} base"]
     assert _finished(result.stderr, f"eval {tiny_model_dir.name} base", 3)
+
+
+# -- the LLM judge: eval --judge, eval --agreement, the matrix's judge, synth's judge filter ------------
+
+
+@pytest.fixture
+def judge_server():
+    srv = openai_server.OpenAIServer(lambda body: json.dumps({"reason": "graded", "score": 3})).start()
+    yield srv
+    srv.stop()
+
+
+def test_eval_judge_prints_judging_progress_on_stderr(tiny_model_dir, eval_file, judge_server):
+    result = CliRunner().invoke(app, [
+        "eval", "--model", str(tiny_model_dir), "--data", str(eval_file), "--metrics", "token_f1",
+        "--max-new-tokens", "2", "--batch-size", "2", "--judge", f"openai:judge@{judge_server.base_url}",
+        "--no-judge-cache", "--json"])
+    assert result.exit_code == 0, result.output
+    assert _one_object(result.stdout)["judge"]["metrics"]["judge_accuracy"]["n_scored"] == 3
+    assert _finished(result.stderr, "judging", 6)  # 3 answers x (accuracy, relevance)
+    assert not re.search(r"judging: \d", result.stdout)
+
+
+def test_eval_agreement_prints_judging_progress_on_stderr(tmp_path, judge_server, monkeypatch):
+    monkeypatch.setenv("TUNELAB_PROGRESS_EVERY", "0")
+    ratings = [{"experiment": "exp", "question_id": f"q{i}", "question": f"Question {i}?", "reference": "The answer.",
+                "variant_a": "base", "variant_b": "tuned", "answer_a": f"a{i}", "answer_b": f"b{i}", "choice": "a",
+                "reviewer": "ann", "note": None, "created_at": "2026-01-02T03:04:05+00:00"} for i in range(2)]
+    path = tmp_path / "ratings.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ratings))
+    result = CliRunner().invoke(app, ["eval", "--judge", f"openai:judge@{judge_server.base_url}", "--no-judge-cache",
+                                      "--agreement", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert _one_object(result.stdout)["judge_metric"]["n_scored"] == 4
+    counts = [int(m.group(1)) for m in re.finditer(r" judging: (\d)/4", result.stderr)]
+    assert counts[0] == 0 and counts[-1] == 4 and counts == sorted(counts)  # counted up as answers come back
+
+
+def test_the_matrix_prints_each_variants_judging_progress_on_stderr(tiny_model_dir, eval_file, tmp_path,
+                                                                    judge_server):
+    config = {"name": "judged", "workdir": str(tmp_path / "runs"), "model": {"name": str(tiny_model_dir)},
+              "data": {"train": str(eval_file)}, "compare": {"train": False, "rag": "off"},
+              "eval": {"data": str(eval_file), "metrics": ["token_f1"], "max_new_tokens": 2, "batch_size": 2,
+                       "judge": {"spec": f"openai:judge@{judge_server.base_url}", "cache": False}}}
+    (tmp_path / "exp.yaml").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "exp.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    _one_object(result.stdout)
+    assert _finished(result.stderr, f"judge {tiny_model_dir.name} base", 6)
+
+
+def test_synth_judge_filter_prints_judging_progress_on_stderr(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_PROGRESS_EVERY", "0")
+    teacher.write_docs(tmp_path / "docs", sections=3)
+    result = CliRunner().invoke(app, [
+        "data", "synth", str(tmp_path / "docs"), "--teacher", f"openai:teacher@{server.base_url}",
+        "--judge", f"openai:judge@{server.base_url}", "--out", str(tmp_path / "out"), "--no-cache",
+        "--per-chunk", "1", "--min-chunk-tokens", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    out = _one_object(result.stdout)
+    assert out["records"]["train"] == 3
+    # one grounding verdict per record, counted as each comes back, not only before and after
+    assert {int(m.group(1)) for m in re.finditer(r" judging: (\d)/3", result.stderr)} == {0, 1, 2, 3}

@@ -122,7 +122,12 @@ def test_faithfulness_is_supported_over_all_statements(server):
     rows = [row(0, "Paris is the capital. It has 2 million people. It is in Spain.",
                 contexts=["Paris is the capital of France.", {"text": "About 2 million people live in Paris."}]),
             row(1, "No idea.", meta={"context": "Paris is in France."})]
-    res = judge_predictions(rows, OpenAIBackend("m", server.base_url), with_context=True)
+    reports = []
+    res = judge_predictions(rows, OpenAIBackend("m", server.base_url), with_context=True,
+                            on_progress=lambda *report: reports.append(report))
+    # one judgement per row and metric, faithfulness's two steps counted once (the answer with no
+    # statements when its first step ends), each as it ends
+    assert reports == [("judging", k, 6) for k in range(7)]
     faith = res.metrics["judge_faithfulness"]
     assert faith["value"] == pytest.approx(2 / 3) and faith["n_scored"] == 1
     assert faith["failures"] == {"no_statements": 1} and faith["scale"] == "0-1"

@@ -44,6 +44,16 @@ def test_local_backend_reports_each_chunk_and_fails_long_prompts_per_item(local)
     assert out[1].error_kind == "generation_error" and "context is 256" in out[1].error
 
 
+def test_local_backend_reports_each_batch_as_it_is_made(local, monkeypatch):
+    gen = local._load()
+    batches = []
+    real = gen.generate
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: batches.append(1) or real(*a, **k))
+    seen = []
+    local.complete(CONVS, max_tokens=2, on_result=lambda i, c: seen.append((i, len(batches))))
+    assert seen == [(0, 1), (1, 1), (2, 2)]  # batch_size 2: the first two before the third is generated
+
+
 def test_local_spec_with_adapter_and_cache_skips_loading(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

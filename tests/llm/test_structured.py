@@ -12,6 +12,7 @@ from tunelab.llm import (
     SCHEMA_MISMATCH,
     OpenAIBackend,
     complete_structured,
+    done_counter,
     extract_json,
     parse_reply,
 )
@@ -99,3 +100,36 @@ def test_a_check_rejects_and_retries_a_valid_looking_value(server, Reply):
                               check=lambda i, v: "must be even" if v.score % 2 else None)
     assert out[0].ok and out[0].value.score == 2 and out[0].attempts == 2
     assert "must be even" in server.requests[1]["body"]["messages"][-1]["content"]
+
+
+def test_on_done_reports_each_item_once_as_soon_as_it_is_final(server):
+    def responder(body):
+        msgs = body["messages"]
+        if msgs[0]["content"] == "fixable" and len(msgs) == 1:
+            return "four, I suppose"
+        return '{"reason": "r", "score": 4}'
+
+    server.responder = responder
+    done: list[tuple[int, bool, int]] = []  # (item, ok, requests the server had seen then)
+    out = complete_structured(OpenAIBackend("m", server.base_url, concurrency=1),
+                              [conv("a"), conv("fixable"), conv("c")], Rating, retries=2,
+                              on_done=lambda i, r: done.append((i, r.ok, len(server.requests))))
+    assert all(r.ok for r in out)
+    # "a" is reported while the batch is still being answered; "fixable" only after its re-ask
+    assert done == [(0, True, 1), (2, True, 3), (1, True, 4)]
+
+
+def test_on_done_also_counts_failures_and_answers_of_a_backend_that_reports_none(server):
+    class Quiet:  # returns the batch at the end and never calls on_result
+        name = "quiet"
+
+        def complete(self, conversations, **_):
+            from tunelab.llm.spec import Completion
+
+            return [Completion(text="not json") for _ in conversations]
+
+    done = []
+    counter = done_counter(lambda d, t: done.append((d, t)), 2)
+    out = complete_structured(Quiet(), [conv("x"), conv("y")], Rating, retries=1, on_done=counter)
+    assert [r.attempts for r in out] == [2, 2] and not any(r.ok for r in out)
+    assert done == [(0, 2), (1, 2), (2, 2)]

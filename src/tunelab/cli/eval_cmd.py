@@ -85,7 +85,8 @@ def _agreement(path: Path, settings: Any, metric: str, out: Path | None, as_json
     if others:
         raise TunelabError(f"--agreement judges the answers in the ratings file and runs no model: drop "
                            f"{', '.join(others)}")
-    report = run_agreement(path, settings.judge, metric=metric, out=out)
+    with progress_reporter() as on_progress:  # the judge's progress, on stderr
+        report = run_agreement(path, settings.judge, metric=metric, out=out, on_progress=on_progress)
     emit(report, as_json, lambda c: c.print(render_agreement(report)))
 
 

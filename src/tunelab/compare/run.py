@@ -132,9 +132,11 @@ def _samples(results: list[VariantResult], n: int = 5) -> list[dict[str, Any]]:
     return out
 
 
-def judge_for(config: ExperimentConfig) -> Callable[[list[dict[str, Any]], Variant], dict[str, Any]] | None:
+def judge_for(config: ExperimentConfig, on_progress: Callable[[str, int, int], None] | None = None,
+              ) -> Callable[[list[dict[str, Any]], Variant], dict[str, Any]] | None:
     """The configured LLM judge as `judge(rows, variant) -> summary`: accuracy and relevance for every
-    variant, faithfulness to the retrieved context for retrieval variants; rows get per-row scores."""
+    variant, faithfulness to the retrieved context for retrieval variants; rows get per-row scores.
+    `on_progress` gets each variant's judgements as task "judge VARIANT"."""
     cfg = config.eval.judge
     if cfg is None:
         return None
@@ -146,17 +148,18 @@ def judge_for(config: ExperimentConfig) -> Callable[[list[dict[str, Any]], Varia
     def judge(rows: list[dict[str, Any]], variant: Variant) -> dict[str, Any]:
         # the same scoring as `tunelab eval --judge`: failures counted, a judge that scores nothing an error
         return judge_rows(rows, backend, with_context=variant.rag, retries=cfg.parse_retries,
-                          what=f"variant {variant.label}").to_dict()
+                          what=f"variant {variant.label}", on_progress=on_progress,
+                          task=f"judge {variant.label}").to_dict()
 
     return judge
 
 
 def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = None,
         judge: Any = None, on_progress: Callable[[str, int, int], None] | None = None) -> CompareResult:
-    """`on_progress(task, done, total)` is called as each variant's answers are generated and as the
-    forgetting check scores its benchmarks."""
+    """`on_progress(task, done, total)` is called as each variant's answers are generated and judged and
+    as the forgetting check scores its benchmarks."""
     stage = on_stage or (lambda _s: None)
-    judge = judge or judge_for(config)
+    judge = judge or judge_for(config, on_progress)
     start = time.perf_counter()
     variants = build_matrix(config)
     missing = [v for v in variants if v.weights is not None and not v.weights.exists()]

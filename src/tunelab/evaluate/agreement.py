@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from statistics import NormalDist
@@ -282,10 +282,12 @@ def _rating_problems(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def judge_scores(ratings: Sequence[dict[str, Any]], backend: Any, metric: str = "judge_accuracy",
-                 retries: int = 2) -> tuple[list[tuple[float | None, float | None]], Any]:
+                 retries: int = 2, on_progress: Callable[[str, int, int], None] | None = None,
+                 ) -> tuple[list[tuple[float | None, float | None]], Any]:
     """The judge's (score A, score B) for every rating, and the evaluate.judge.JudgeResult. Each distinct
-    (question, reference, answer) is judged once. Raises TunelabError when the metric cannot judge a
-    rating (judge_accuracy needs a reference) or when the judge scores no answer at all."""
+    (question, reference, answer) is judged once, counted by on_progress("judging", done, total). Raises
+    TunelabError when the metric cannot judge a rating (judge_accuracy needs a reference) or when the
+    judge scores no answer at all."""
     from .run import judge_rows
 
     if metric not in RATING_METRICS:
@@ -313,7 +315,8 @@ def judge_scores(ratings: Sequence[dict[str, Any]], backend: Any, metric: str = 
                              "reference": r.get("reference")})
             pair.append(keys[key])
         index.append((pair[0], pair[1]))
-    judged = judge_rows(rows, backend, with_context=False, retries=retries, what="agreement", metrics=[metric])
+    judged = judge_rows(rows, backend, with_context=False, retries=retries, what="agreement", metrics=[metric],
+                        on_progress=on_progress)
     return [(rows[a][metric], rows[b][metric]) for a, b in index], judged
 
 
@@ -325,11 +328,12 @@ def judge_ratings(ratings: Sequence[dict[str, Any]], backend: Any, metric: str =
 
 
 def run_agreement(path: str | Path, judge: Any, *, metric: str = "judge_accuracy",
-                  out: str | Path | None = None) -> dict[str, Any]:
+                  out: str | Path | None = None,
+                  on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """`tunelab eval --judge SPEC --agreement RATINGS`: read the ratings, judge their answers with the
     judge a JudgeConfig describes, and report the agreement (agreement_report's dict plus the judge, its
     metric, prompt version and failures). With `out`, a directory written atomically: agreement.json
-    and judged.jsonl (each rating with the judge's scores and choice)."""
+    and judged.jsonl (each rating with the judge's scores and choice). `on_progress` as judge_scores'."""
     from ..io import atomic_dir, check_output_dir, write_json, write_jsonl
     from .judge import judge_backend
 
@@ -337,7 +341,7 @@ def run_agreement(path: str | Path, judge: Any, *, metric: str = "judge_accuracy
         check_output_dir(out, OUTPUT_KIND, [path])
     ratings = read_ratings(path)
     backend = judge_backend(judge)
-    scores, judged = judge_scores(ratings, backend, metric, judge.parse_retries)
+    scores, judged = judge_scores(ratings, backend, metric, judge.parse_retries, on_progress)
     choices = [judge_choice(a, b) for a, b in scores]
     report = {"ratings": str(path), "n_ratings": len(ratings), "judge": judged.judge, "metric": metric,
               "judge_metric": judged.metrics[metric], **agreement_from_ratings(ratings, choices)}

@@ -33,7 +33,7 @@ import json
 import string
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field
 from ..errors import InputError, Problem, TunelabError
 from ..llm.schema import reply_schema
 from ..llm.spec import Backend, Conversation
-from ..llm.structured import StructuredResult, complete_structured
+from ..llm.structured import StructuredResult, complete_structured, done_counter
 from .metrics.base import MetricValue, mean_stderr
 
 PROMPT_DIR = Path(__file__).parent / "judge_prompts"
@@ -220,8 +220,13 @@ def judge_predictions(
     metrics: Sequence[str] | None = None,
     retries: int = 2,
     prompt_dir: str | Path | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    task: str = "judging",
 ) -> JudgeResult:
-    """Judge every row on `metrics` (default: accuracy and relevance, plus faithfulness with context)."""
+    """Judge every row on `metrics` (default: accuracy and relevance, plus faithfulness with context).
+
+    `on_progress(task, done, total)` counts the judgements (one per row and metric, faithfulness's two
+    steps as one) as each becomes final, answers from a batch or the cache included, from 0 of total."""
     names = list(dict.fromkeys(metrics or default_metrics(with_context)))
     unknown = [n for n in names if n not in JUDGE_METRICS]
     if unknown:
@@ -237,16 +242,18 @@ def judge_predictions(
     start = time.perf_counter()
     calls = {"calls": 0, "cached": 0}
     scores: dict[str, list[_Score]] = {}
+    tick = done_counter(None if on_progress is None else (lambda done, total: on_progress(task, done, total)),
+                        len(items) * len(chosen))
 
     ratings = [m for m in chosen if m.prompts[0] in ("accuracy", "relevance")]
     if ratings:
         convs = [templates[m.prompts[0]].render(**_values(m.prompts[0], it)) for m in ratings for it in items]
-        results = _structured(backend, convs, Rating, retries, calls)
+        results = _structured(backend, convs, Rating, retries, calls, on_done=tick)
         for k, m in enumerate(ratings):
             part = results[k * len(items) : (k + 1) * len(items)]
             scores[m.name] = [_rating_score(r) for r in part]
     if "judge_faithfulness" in names:
-        scores["judge_faithfulness"] = _faithfulness(backend, items, templates, retries, calls)
+        scores["judge_faithfulness"] = _faithfulness(backend, items, templates, retries, calls, tick)
 
     prompt_versions = {p: t.version for p, t in templates.items()}
     aggregates = {m.name: _aggregate(m, scores[m.name], backend.name, templates) for m in chosen}
@@ -259,10 +266,11 @@ def judge_predictions(
     return JudgeResult(backend.name, prompt_versions, aggregates, {m.name: scores[m.name] for m in chosen}, stats)
 
 
-def _structured(backend, convs, schema, retries, calls, check=None, json_schema=None) -> list[StructuredResult]:
+def _structured(backend, convs, schema, retries, calls, check=None, json_schema=None,
+                on_done=None) -> list[StructuredResult]:
     results = complete_structured(backend, convs, schema, retries=retries, temperature=0.0,
                                   max_tokens=768 if schema is not Rating else 256, check=check,
-                                  json_schema=json_schema)
+                                  json_schema=json_schema, on_done=on_done)
     calls["calls"] += sum(r.attempts for r in results)
     calls["cached"] += sum(r.attempts for r in results if r.cached)
     return results
@@ -282,10 +290,16 @@ def _rating_score(r: StructuredResult) -> _Score:
     return _Score(value=float(value.score), reason=value.reason)
 
 
-def _faithfulness(backend, items, templates, retries, calls) -> list[_Score]:
-    """RAGAS faithfulness in its two steps: statements from the answer, then one verdict each."""
+def _faithfulness(backend, items, templates, retries, calls, tick) -> list[_Score]:
+    """RAGAS faithfulness in its two steps: statements from the answer, then one verdict each. `tick()`
+    is called once per row when its score is final: after its verdicts, or when the first step ends it."""
+
+    def first_step_done(_i: int, r: StructuredResult) -> None:
+        if not r.ok or not any(s.strip() for s in r.value.statements):  # type: ignore[union-attr]
+            tick()  # no verdicts step follows for this row
+
     convs = [templates["faithfulness_statements"].render(**_values("faithfulness_statements", it)) for it in items]
-    found = _structured(backend, convs, Statements, retries, calls)
+    found = _structured(backend, convs, Statements, retries, calls, on_done=first_step_done)
     out: list[_Score] = [_Score() for _ in items]
     todo: list[tuple[int, list[str]]] = []
     for i, r in enumerate(found):
@@ -308,7 +322,7 @@ def _faithfulness(backend, items, templates, retries, calls) -> list[_Score]:
         return None if want == got else f"expected {want} verdicts, one per statement, got {got}"
 
     verdicts = _structured(backend, convs, Verdicts, retries, calls, check=check,
-                           json_schema=[_verdicts_schema(len(st)) for _, st in todo])
+                           json_schema=[_verdicts_schema(len(st)) for _, st in todo], on_done=tick)
     for (i, statements), r in zip(todo, verdicts, strict=True):
         if not r.ok:
             out[i] = _Score(error_kind=r.error_kind, error=f"verdicts step: {r.error}")

@@ -63,15 +63,17 @@ class EvalRun:
 
 
 def judge_rows(rows: list[dict[str, Any]], backend: Any, *, with_context: bool, retries: int,
-               what: str = "", metrics: Sequence[str] | None = None) -> Any:
+               what: str = "", metrics: Sequence[str] | None = None,
+               on_progress: Callable[[str, int, int], None] | None = None, task: str = "judging") -> Any:
     """Judge predictions rows on `metrics` (default: judge_predictions') and add each row's scores to it;
-    returns the evaluate.judge.JudgeResult.
+    returns the evaluate.judge.JudgeResult. `on_progress(task, done, total)` counts judgements as they end.
 
     Raises TunelabError, before any row is changed, when a metric got no score on any row because the
     judge failed (an answer with no statements to check is not a failure of the judge)."""
     from .judge import NO_STATEMENTS, describe_failures, judge_predictions
 
-    judged = judge_predictions(rows, backend, with_context=with_context, retries=retries, metrics=metrics)
+    judged = judge_predictions(rows, backend, with_context=with_context, retries=retries, metrics=metrics,
+                               on_progress=on_progress, task=task)
     dead = {name: m for name, m in judged.metrics.items()
             if m["n_scored"] == 0 and set(m["failures"]) - {NO_STATEMENTS}}
     if dead:
@@ -107,7 +109,8 @@ def run(
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> EvalRun:
     """Evaluate `model` (with `adapter`) as `settings` says; see the module docstring.
-    `on_progress(task, done, total)` is called as answers are generated and benchmark items scored."""
+    `on_progress(task, done, total)` is called as answers are generated and judged and benchmark items
+    scored."""
     stage = on_stage or (lambda _s: None)
     _check(settings, adapter)
     if out is None:
@@ -195,7 +198,7 @@ def _generate(model: Any, tokenizer: Any, settings: EvalConfig, name: str, backe
     if backend is not None:
         stage(f"judging {res.n} answers with {backend.name} ...")
         judge = judge_rows(res.rows, backend, with_context=any(has_context(r) for r in res.rows),
-                           retries=settings.judge.parse_retries)
+                           retries=settings.judge.parse_retries, on_progress=on_progress)
         res.metrics.update(judge.metric_values())
         judged = judge.to_dict()
     if out is not None:

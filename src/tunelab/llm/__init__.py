@@ -50,6 +50,7 @@ from .structured import (
     SCHEMA_MISMATCH,
     StructuredResult,
     complete_structured,
+    done_counter,
     extract_json,
     parse_reply,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "call_key",
     "complete_structured",
     "default_cache_dir",
+    "done_counter",
     "extract_json",
     "parse_reply",
     "parse_spec",

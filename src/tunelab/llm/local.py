@@ -146,8 +146,9 @@ class LocalBackend:
         with self._lock:
             gen = self._load()
             results: list[Completion] = []
-            # Chunks of a few batches: answers reach on_result (and the cache) as they are made.
-            step = self.batch_size * 4
+            # One batch at a time: answers reach on_result (and the cache, and a progress display) as
+            # each batch is made, not only after several.
+            step = self.batch_size
             for start in range(0, len(conversations), step):
                 chunk = [list(c) for c in conversations[start : start + step]]
                 for j, comp in enumerate(self._generate(gen, chunk, cfg, schemas[start : start + step])):

@@ -119,53 +119,93 @@ def complete_structured(
     check: Callable[[int, BaseModel], str | None] | None = None,
     seed: int | None = None,
     json_schema: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+    on_done: Callable[[int, StructuredResult], None] | None = None,
 ) -> list[StructuredResult]:
     """Answers to every conversation as `schema` instances (or failures), in input order.
 
     `check(i, value)` may reject a valid-looking value for item i with a message (e.g. a list whose
     length must match the question's); a rejection is a schema_mismatch and is retried like one.
     `json_schema` narrows what the replies are decoded under (the item count asked for, a label set),
-    one schema for all or one per conversation; it must describe replies `schema` accepts."""
+    one schema for all or one per conversation; it must describe replies `schema` accepts.
+    `on_done(i, result)` is called once per item, as soon as its result is final (valid, or failed with
+    no retry left), while the backend still answers the others: what a progress display counts."""
     n = len(conversations)
     schemas = decode_schemas(schema, json_schema, n, max_tokens)
     convs = [list(c) for c in conversations]
     out: list[StructuredResult] = [StructuredResult(None, None) for _ in range(n)]
     all_cached = [True] * n
     pending = list(range(n))
+    retry: list[int] = []
+    settled: set[int] = set()
+    last = False
+
+    def settle(j: int, comp: Any) -> None:
+        # called by the backend as each answer of this round comes back (and below for any it did not report)
+        settled.add(j)
+        i = pending[j]
+        if _take(out[i], comp, i, schema, check, all_cached) and not last:
+            convs[i] = convs[i] + [
+                {"role": "assistant", "content": comp.text or ""},
+                # its shape, not the raw JSON schema: small models shown a schema copy it back
+                {"role": "user", "content": (
+                    f"That reply could not be used: {out[i].error}. Reply again with only one JSON object "
+                    f"of this form, and nothing else: {shape(schemas[i])}"
+                )},
+            ]
+            retry.append(i)
+        elif on_done is not None:
+            on_done(i, out[i])
+
     for round_no in range(retries + 1):
         if not pending:
             break
+        retry, settled, last = [], set(), round_no == retries
         comps = backend.complete([convs[i] for i in pending], temperature=temperature, max_tokens=max_tokens,
-                                 seed=seed, json_mode=True, json_schema=[schemas[i] for i in pending])
-        retry: list[int] = []
-        for i, comp in zip(pending, comps, strict=True):
-            res = out[i]
-            res.attempts += 1
-            res.latency_s += comp.latency_s
-            all_cached[i] = all_cached[i] and comp.cached
-            res.cached = all_cached[i]
-            if not comp.ok:
-                res.value, res.text, res.error_kind, res.error = None, comp.text, comp.error_kind, comp.error
-                continue
-            value, kind, error = parse_reply(comp.text or "", schema)
-            if value is not None and check is not None:
-                problem = check(i, value)
-                if problem:
-                    value, kind, error = None, SCHEMA_MISMATCH, problem
-            res.text = comp.text
-            if value is not None:
-                res.value, res.error_kind, res.error = value, None, None
-                continue
-            res.value, res.error_kind, res.error = None, kind, error
-            if round_no < retries:
-                convs[i] = convs[i] + [
-                    {"role": "assistant", "content": comp.text or ""},
-                    # its shape, not the raw JSON schema: small models shown a schema copy it back
-                    {"role": "user", "content": (
-                        f"That reply could not be used: {error}. Reply again with only one JSON object "
-                        f"of this form, and nothing else: {shape(schemas[i])}"
-                    )},
-                ]
-                retry.append(i)
-        pending = retry
+                                 seed=seed, json_mode=True, json_schema=[schemas[i] for i in pending],
+                                 on_result=settle)
+        for j, comp in enumerate(comps):
+            if j not in settled:  # a backend that does not report answers one by one
+                settle(j, comp)
+        pending = sorted(retry)  # in input order, whatever order the answers came back in
     return out
+
+
+def done_counter(on_progress: Callable[[int, int], None] | None, total: int) -> Callable[..., None]:
+    """An `on_done` that reports the running count of final results as on_progress(done, total), from 0
+    of total reported now (so a slow first batch shows as started); a no-op without on_progress. It may
+    serve several complete_structured calls that make up one task of `total` items."""
+    if on_progress is None:
+        return lambda *_: None
+    done = 0
+    on_progress(0, total)
+
+    def tick(*_: Any) -> None:
+        nonlocal done
+        done += 1
+        on_progress(done, total)
+
+    return tick
+
+
+def _take(res: StructuredResult, comp: Any, i: int, schema: type[BaseModel],
+          check: Callable[[int, BaseModel], str | None] | None, all_cached: list[bool]) -> bool:
+    """Record one attempt's answer in `res`; True when it is a reply to ask again (it did not parse or
+    validate), False when it is final (a valid value, or a transport failure, not retried here)."""
+    res.attempts += 1
+    res.latency_s += comp.latency_s
+    all_cached[i] = all_cached[i] and comp.cached
+    res.cached = all_cached[i]
+    if not comp.ok:
+        res.value, res.text, res.error_kind, res.error = None, comp.text, comp.error_kind, comp.error
+        return False
+    value, kind, error = parse_reply(comp.text or "", schema)
+    if value is not None and check is not None:
+        problem = check(i, value)
+        if problem:
+            value, kind, error = None, SCHEMA_MISMATCH, problem
+    res.text = comp.text
+    if value is not None:
+        res.value, res.error_kind, res.error = value, None, None
+        return False
+    res.value, res.error_kind, res.error = None, kind, error
+    return True

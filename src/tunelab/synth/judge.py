@@ -1,25 +1,27 @@
 """The optional LLM grounding check of generated records (filter `judge`, after the lexical filters).
 
-    kept, dropped, calls = judge_filter(candidates, backend, templates, labels=(), retries=2)
+    kept, dropped, calls = judge_filter(candidates, backend, templates, labels=(), retries=2,
+                                        on_progress=lambda done, total: ...)
 
 Per candidate, one verdict per reply that must be grounded (prompt judge_grounding: is every claim
 of the ANSWER stated in, or implied by, the SOURCE?), one for a preference's rejected reply (which
 must NOT be supported), and for labelled examples one label verdict (prompt judge_label). A record is
 kept only when every verdict is the one it needs. A verdict the judge could not give (invalid JSON
 after retries, a timeout ...) drops the record as `judge_failed`, counted by reason: an unchecked
-record never passes as a checked one.
+record never passes as a checked one. `on_progress(done, total)` counts the verdicts as each becomes
+final, from 0 of total.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
 from ..llm.spec import Backend
-from ..llm.structured import complete_structured
+from ..llm.structured import complete_structured, done_counter
 from .filters import Dropped
 from .generate import Candidate
 from .templates import PromptTemplate
@@ -45,6 +47,7 @@ def judge_filter(
     labels: Sequence[str] = (),
     retries: int = 2,
     max_tokens: int = 256,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Candidate], list[Dropped], dict[str, Any]]:
     grounding, label_tpl = templates["judge_grounding"], templates["judge_label"]
     # (candidate index, what the verdict must be, conversation)
@@ -63,9 +66,9 @@ def judge_filter(
     problems: dict[int, tuple[str, str]] = {}
     failures: Counter[str] = Counter()
     attempts = cached = 0
-
+    tick = done_counter(on_progress, len(asks) + len(label_asks))  # one task: verdicts, then label verdicts
     results = complete_structured(backend, [a[2] for a in asks], Verdict, retries=retries, temperature=0.0,
-                                  max_tokens=max_tokens) if asks else []
+                                  max_tokens=max_tokens, on_done=tick) if asks else []
     for (i, wanted, _), res in zip(asks, results, strict=True):
         attempts += res.attempts
         cached += res.attempts if res.cached else 0
@@ -78,7 +81,7 @@ def judge_filter(
             reason = "not_supported" if wanted else "rejected_supported"
             problems[i] = (reason, res.value.reason[:300])
     label_results = complete_structured(backend, [a[1] for a in label_asks], LabelVerdict, retries=retries,
-                                        temperature=0.0, max_tokens=max_tokens) if label_asks else []
+                                        temperature=0.0, max_tokens=max_tokens, on_done=tick) if label_asks else []
     for (i, _), res in zip(label_asks, label_results, strict=True):
         attempts += res.attempts
         cached += res.attempts if res.cached else 0

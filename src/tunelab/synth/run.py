@@ -277,14 +277,15 @@ def _run(config: SynthConfig, out_dir: str | Path | None, teacher: Backend, judg
     kept = apply_cheap_filters([c for r in replies for c in r.candidates], config.filters, pool,
                                reports["train"], config.seed)
     if judge is not None:
-        kept = _judge(kept, judge, templates, config, reports["train"], progress)
+        kept = _judge(kept, judge, templates, config, reports["train"], progress, "judging")
     kept = _final_check(kept, reports["train"], "train")
     eval_kept: list[Candidate] = []
     if eval_replies:
         eval_kept = apply_cheap_filters([c for r in eval_replies for c in r.candidates], config.filters,
                                         [*pool, *(c.record for c in kept)], reports["eval"], config.seed)
         if judge is not None:
-            eval_kept = _judge(eval_kept, judge, templates, config, reports["eval"], progress)
+            eval_kept = _judge(eval_kept, judge, templates, config, reports["eval"], progress,
+                               "judging (held-out sections)")
         for c in eval_kept:
             c.record.meta["eval_source"] = "held_out"
         eval_kept = _final_check(eval_kept, reports["eval"], "eval")
@@ -365,12 +366,13 @@ def _run(config: SynthConfig, out_dir: str | Path | None, teacher: Backend, judg
 
 
 def _judge(cands: list[Candidate], judge: Backend, templates: dict[str, PromptTemplate], config: SynthConfig,
-           report: FilterReport, progress: Progress) -> list[Candidate]:
+           report: FilterReport, progress: Progress, stage: str) -> list[Candidate]:
     from .judge import judge_filter
 
-    progress("judging", 0, len(cands))
     retries = config.judge.parse_retries if config.judge is not None else config.parse_retries
-    kept, dropped, calls = judge_filter(cands, judge, templates, labels=config.labels, retries=retries)
+    # counted per verdict (a record may need several) as each comes back
+    kept, dropped, calls = judge_filter(cands, judge, templates, labels=config.labels, retries=retries,
+                                        on_progress=lambda done, total: progress(stage, done, total))
     report.add("judge", len(cands), dropped)
     for key in ("requests", "attempts", "cached_attempts"):
         report.judge_calls[key] = report.judge_calls.get(key, 0) + calls[key]
@@ -378,7 +380,6 @@ def _judge(cands: list[Candidate], judge: Backend, templates: dict[str, PromptTe
     for kind, n in calls["failures"].items():
         failures[kind] = failures.get(kind, 0) + n
     report.judge_calls["structured_output"] = calls["structured_output"]
-    progress("judging", len(cands), len(cands))
     return kept
 
 
