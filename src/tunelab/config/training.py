@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, WrapSerializer, WrapValidator, field_validator, model_validator
 
 from .base import Section
+from .grpo import GrpoConfig, RewardConfig
 
 AUTO = "auto"
 
@@ -172,7 +173,10 @@ class MethodConfig(Section):
 
 # --------------------------------------------------------------------------------------------- train
 class TrainConfig(Section):
-    objective: Literal["sft", "causal"] = Field("sft", description="sft: loss on completions; causal: all tokens.")
+    objective: Literal["sft", "causal", "grpo"] = Field(
+        "sft", description="sft: loss on completions; causal: all tokens; grpo: sampled completions scored "
+        "by train.rewards (train.grpo)."
+    )
     # auto (the default) in the fields below: chosen from the data's size and the method by the rules in
     # tunelab.train.auto, each with its reason (the dry run prints them; summary.json records them)
     epochs: Auto(Annotated[float, Field(gt=0)]) = Field(AUTO, description="Passes over the training set; auto: "
@@ -205,6 +209,16 @@ class TrainConfig(Section):
     )
     eval_generate_n: int = Field(16, gt=0, description="Validation examples answered by eval_generate_every.")
     eval_generate_max_new_tokens: int = Field(64, gt=0, description="Answer length cap for eval_generate_every.")
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig, description="Sampling and update settings of the "
+                             "grpo objective.")
+    rewards: list[RewardConfig] = Field(default_factory=list, description="What the grpo objective rewards: "
+                                        "built-ins by name, or your own functions by import path.")
+
+    @model_validator(mode="after")
+    def _grpo_rewards(self) -> TrainConfig:
+        if self.objective == "grpo" and not self.rewards:
+            raise ValueError("the grpo objective needs train.rewards (e.g. [{name: label}])")
+        return self
 
 
 # ------------------------------------------------------------------------------------- mixture/stages

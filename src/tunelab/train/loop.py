@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -62,6 +62,8 @@ class LoopSetup:
     epoch_plan: Callable[[int], list[list[int]]] | None = None  # a mixture's steps of an epoch
     dist: Dist | None = None  # several processes: this one's rank and the collectives
     generate_eval: Callable[[], dict[str, Any]] | None = None  # ROUGE-L of generated answers
+    # an objective's own step (grpo.py) in place of train_step, taking the same (setup, indices)
+    step: Callable[[LoopSetup, list[int]], StepResult] | None = None
 
     @property
     def world(self) -> int:
@@ -91,6 +93,7 @@ class StepResult:
     grad_norm: float
     tokens: int
     loss_tokens: int
+    metrics: dict[str, float] = field(default_factory=dict)  # an objective's own, logged with the step
 
 
 def count_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int]:
@@ -278,7 +281,7 @@ def run_loop(setup: LoopSetup, state: TrainState) -> LoopOutcome:
             started, cpu_started = time.perf_counter(), time.process_time()
             rng_before = rng_state()  # a step interrupted halfway must not leave its dropout draws behind
             try:
-                result = train_step(setup, steps[state.step_in_epoch])
+                result = (setup.step or train_step)(setup, steps[state.step_in_epoch])
             except KeyboardInterrupt:
                 set_rng_state(*rng_before)
                 return _interrupted_mid_step(setup, state, last_eval)
@@ -303,6 +306,7 @@ def run_loop(setup: LoopSetup, state: TrainState) -> LoopOutcome:
                 "tokens": result.tokens,
                 "tokens_per_s": result.tokens / seconds if seconds > 0 else 0.0,
                 "elapsed_s": state.train_seconds,
+                **result.metrics,
             }
             state.log.append(row)
             setup.emit({"event": "step", **row, "total_steps": setup.total_steps,

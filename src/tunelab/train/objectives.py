@@ -4,6 +4,8 @@
   assistant turns (and the end-of-turn token closing each) are in the loss; text records, if any, are
   all in the loss. Examples longer than max_length are truncated; an example whose answer was truncated
   away is dropped (and counted), never trained on with an empty loss.
+- grpo: reinforcement from rewards; the examples are prompts, answered by the model while it trains
+  (grpo.py says how).
 - causal: continued pre-training. Every token is in the loss (chat records too, template included), and
   long documents are cut into max_length windows instead of truncated, so no text is thrown away.
 
@@ -85,9 +87,16 @@ def build_causal(records: Sequence[Record], tokenizer, max_length: int) -> tuple
     return examples, _stats(examples, stats, dropped)
 
 
+def build_grpo(records: Sequence[Record], tokenizer, max_length: int) -> tuple[list[Example], dict[str, Any]]:
+    from .grpo import build_grpo as build
+
+    return build(records, tokenizer, max_length)
+
+
 OBJECTIVES: dict[str, Objective] = {
     "sft": Objective("sft", "loss on assistant replies only", build_sft),
     "causal": Objective("causal", "loss on every token; long texts cut into max_length windows", build_causal),
+    "grpo": Objective("grpo", "sampled answers scored by rewards (grpo.py)", build_grpo),
 }
 
 

@@ -355,6 +355,11 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
     setup = session.setup
     with loss_head(session.model, virtual_tokens(session.model)) as head:
         setup.head = head
+        grpo = config.train.objective == "grpo"
+        if grpo:
+            from .grpo import attach
+
+            attach(setup, session.tokenizer, get_method(config.method.name).adapter, session.threads)
         if dry_run:
             trainable, total = count_parameters(session.model)
             plan = build_plan(
@@ -363,6 +368,7 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
                 dtype="float32" if session.precision == "fp32" else "bfloat16",
                 train_stats=session.data.train_stats, val_stats=session.data.val_stats, r=config.method.r,
                 precision=session.precision, threads=session.threads,
+                benchmark=not grpo,  # a grpo step is mostly generation: a forward/backward rate says little
             )
             plan["warnings"] = session.warnings
             plan["auto"] = session.auto
