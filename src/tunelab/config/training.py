@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, WrapSerializer, WrapValidator, field_validator, model_validator
 
 from .base import Section
+from .ragcontext import RagContextConfig
 
 AUTO = "auto"
 
@@ -140,6 +141,9 @@ class DataConfig(Section):
     clean: CleanConfig = Field(default_factory=CleanConfig)
     max_length: int = Field(1024, gt=0, description="Tokens per rendered example (longer ones are truncated).")
     skip_invalid: bool = Field(False, description="Skip bad records (counted by reason) instead of stopping.")
+    rag_context: RagContextConfig | None = Field(
+        None, description="Train a RAG-aware model too: its examples carry passages retrieved from rag.docs in "
+        "the inference-time RAG prompt, mixed for robustness (compare.rag_aware; tunelab.compare.ragaware).")
 
     @field_validator("train", mode="before")
     @classmethod
