@@ -139,3 +139,31 @@ def test_the_matrix_gains_rag_aware_variants_and_the_plain_key_stays(tmp_path):
     assert train_key(training_config(aware, aware.model.name), "h") == train_key(training_config(plain, plain.model.name), "h")
     assert training_config(plain, plain.model.name, rag_aware=True).data.rag_context == RagContextConfig()
 
+
+
+def test_tunelab_train_with_rag_context_trains_the_rag_aware_model(tmp_path, train_model_dir, monkeypatch):
+    import json
+
+    import yaml
+    from tiny_runs import experiment_config
+    from typer.testing import CliRunner
+
+    from tunelab.cli.app import app
+
+    monkeypatch.setenv("TUNELAB_THREADS", "1")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "france.md").write_text("# France\n\nThe capital of France is Paris.\n")
+    (docs / "fox.md").write_text("# Fox\n\nThe quick brown fox jumps over the lazy dog.\n")
+    config = experiment_config(tmp_path, train_model_dir, "aware", rag={"docs": str(docs), "top_k": 1},
+                               data={"rag_context": {"mix": {"gold_with_distractors": 0.5, "distractors_only": 0.25,
+                                                              "no_context": 0.25}}})
+    path = tmp_path / "aware.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["train", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "aware"
+    counts = json.loads((run_dir / "summary.json").read_text())["rag_context"]["train"]["counts"]
+    assert counts == {"gold_with_distractors": 4, "distractors_only": 2, "no_context": 2}
+    trained = (run_dir / "data" / "rag-train.jsonl").read_text()
+    assert trained.count("Context:") == 6 and (run_dir / "data" / "rag-context.json").is_file()

@@ -245,3 +245,24 @@ def write_rag_context(run_dir: Path, prepared: RagAwareData) -> None:
     for split, records in prepared.records.items():
         write_jsonl(Path(run_dir) / "data" / f"rag-{split}.jsonl", [r.to_dict() for r in records])
     write_json(Path(run_dir) / "data" / "rag-context.json", prepared.data.manifest["rag_context"])
+
+
+def standalone(config: ExperimentConfig) -> RagAwareData | None:
+    """For `tunelab train CONFIG` with data.rag_context (None without): the run's own data prepared in
+    `<run_dir>/data` and the index at rag.index_dir or `<run_dir>/rag-index`, so the model trained is the
+    RAG-aware one the config asks for, never silently a plain one."""
+    if config.data.rag_context is None:
+        return None
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TunelabError("data.rag_context trains in one process: launch `tunelab train` without "
+                           "accelerate/torchrun, or leave data.rag_context out")
+    from ..io import claim_output_dir
+    from ..rag import index_dir_for
+    from ..train.run import OUTPUT_KIND
+
+    run_dir = claim_output_dir(config.run_dir, OUTPUT_KIND)  # before anything is written into it
+    prepared = rag_aware_data(config, run_dir / "data", index_dir_for(config))
+    write_rag_context(run_dir, prepared)
+    return prepared
