@@ -136,10 +136,9 @@ def _train_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker:
     prepared = None
     if rag_aware:
         from .compare.ragaware import rag_aware_data
-
-        stage(f"rag-aware: retrieving passages for the training examples of {model}")
         from .rag import index_dir_for
 
+        stage(f"rag-aware: retrieving passages for the training examples of {model}")
         prepared = rag_aware_data(tcfg, Path(config.run_dir) / "data", index_dir_for(config))
         tcfg, dataset_hash = prepared.config, prepared.data.dataset_hash
     what = f"train{' rag-aware' if rag_aware else ''} {model}"
@@ -178,8 +177,8 @@ def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = Fals
                   callback: Callable[[dict[str, Any]], None] | None = None, tags: dict[str, Any] | None = None,
                   params: dict[str, Any] | None = None, data: Any = None):
     """train.run as one MLflow train run: step metrics, final losses and speed, the run directory's files
-    as artifacts (`tags` and `params` added to the run's own; `data`: rendered data, see train.run). An interrupted run is recorded as KILLED and
-    raises Interrupted (checkpoint saved)."""
+    as artifacts (`tags` and `params` added to the run's own; `data`: rendered data, see train.run). An
+    interrupted run is recorded as KILLED and raises Interrupted (checkpoint saved)."""
     from .track import step_callback
     from .train import run as train_run
 
@@ -342,6 +341,9 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
     from .train.run import OUTPUT_KIND, prepare_dataset
 
     check_benchmark_paths(config)  # before any work: a misspelt name is a config error, not a late failure
+    if rag_aware_enabled(config) and config.rag.docs is None:  # before training, not after the plain model
+        raise TunelabError(f"{config.name}: compare.rag_aware trains with passages retrieved from rag.docs, "
+                           "which is not set: name the documents directory, or set compare.rag_aware: off")
     stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
     run_dir = claim_output_dir(config.run_dir, OUTPUT_KIND)  # the experiment dir: a run dir too

@@ -167,3 +167,14 @@ def test_tunelab_train_with_rag_context_trains_the_rag_aware_model(tmp_path, tra
     assert counts == {"gold_with_distractors": 4, "distractors_only": 2, "no_context": 2}
     trained = (run_dir / "data" / "rag-train.jsonl").read_text()
     assert trained.count("Context:") == 6 and (run_dir / "data" / "rag-context.json").is_file()
+
+
+def test_rag_aware_without_documents_is_refused_before_any_work(tmp_path):
+    from tunelab.pipeline import run
+
+    (tmp_path / "t.jsonl").write_text('{"prompt": "q", "completion": "a"}\n')
+    config = validate_data({"name": "m", "workdir": str(tmp_path / "runs"), "compare": {"rag_aware": "on"},
+                            "data": {"train": [str(tmp_path / "t.jsonl")]}, "tracking": {"enabled": False}})
+    with pytest.raises(TunelabError, match="compare.rag_aware trains with passages retrieved from rag.docs"):
+        run(config)
+    assert not (tmp_path / "runs").exists()
