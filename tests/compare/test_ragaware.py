@@ -178,3 +178,14 @@ def test_rag_aware_without_documents_is_refused_before_any_work(tmp_path):
     with pytest.raises(TunelabError, match="compare.rag_aware trains with passages retrieved from rag.docs"):
         run(config)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_reading_compares_rag_aware_with_plain_tuning(make_result):
+    from tunelab.compare.table import build_comparison
+
+    results = [make_result(kind, rag, scores) for kind, rag, scores in [
+        ("tuned", False, [0.2, 0.3, 0.4, 0.5]), ("tuned", True, [0.2, 0.3, 0.3, 0.4]),
+        (RAG_AWARE, False, [0.2, 0.3, 0.4, 0.5]), (RAG_AWARE, True, [0.6, 0.7, 0.8, 0.9])]]
+    reading = build_comparison(results, ["rougeL"], None).reading
+    assert any(s.startswith("RAG-aware tuning vs plain tuning (both with retrieval): tiny-model rag-aware tuned + RAG "
+                            "beats tiny-model tuned + RAG on rougeL") for s in reading), reading

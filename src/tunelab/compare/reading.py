@@ -42,7 +42,8 @@ def read_comparison(comparison: Comparison) -> list[str]:
     for group in questions.values():
         head = next((c for c in group if c.metric == comparison.primary), group[0])
         others = [c for c in group if c is not head]
-        sentence = (f"{head.question.capitalize()}: {head.better} beats {head.worse} on {head.metric} by "
+        question = head.question[:1].upper() + head.question[1:]  # not capitalize(): it would lower "RAG"
+        sentence = (f"{question}: {head.better} beats {head.worse} on {head.metric} by "
                     f"{_signed(head)}, {_verdict(head)}.")
         if others:
             parts = [f"{c.metric} {'favours' if c.better == head.better else 'goes the other way, favouring'} "
