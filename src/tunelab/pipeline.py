@@ -117,28 +117,44 @@ def _train_status(run_dir: Path, key: str) -> str:
 
 
 def _train_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker: Any, progress: bool,
-               stage: Callable[[str], None], tune: dict[str, Any] | None = None) -> dict[str, Any]:
+               stage: Callable[[str], None], tune: dict[str, Any] | None = None,
+               rag_aware: bool = False) -> dict[str, Any]:
     """Train (or reuse) one model's tuned variant; with `tune` (compare.tune's record) its best settings are
-    applied first, so they are part of the reuse key like any other training setting."""
+    applied first, so they are part of the reuse key like any other training setting. `rag_aware`: its
+    RAG-aware variant instead, trained on examples with retrieved passages (compare.ragaware), whose
+    rendered records' content is its dataset hash."""
     from .compare.reading import settings_text
     from .compare.run import TUNE_FILE
     from .compare.variants import training_config
     from .train.run import OUTPUT_KIND
 
-    tcfg = training_config(config, model)
+    tcfg = training_config(config, model, rag_aware=rag_aware)
     if tune is not None:
         from .sweep.space import apply
 
         tcfg = apply(tcfg, tune["best_params"])
+    prepared = None
+    if rag_aware:
+        from .compare.ragaware import rag_aware_data
+        from .rag import index_dir_for
+
+        stage(f"rag-aware: retrieving passages for the training examples of {model}")
+        prepared = rag_aware_data(tcfg, Path(config.run_dir) / "data", index_dir_for(config))
+        tcfg, dataset_hash = prepared.config, prepared.data.dataset_hash
+    what = f"train{' rag-aware' if rag_aware else ''} {model}"
     run_dir = Path(tcfg.run_dir)
     key = train_key(tcfg, dataset_hash)
     status = _train_status(run_dir, key)
     if status == "done":
         if tune is not None:  # the same settings; the record may name more trials of the same study
             write_json(run_dir / TUNE_FILE, tune)
-        return {"step": f"train {model}", "status": "cached", "run_dir": str(run_dir)}
+        return {"step": what, "status": "cached", "run_dir": str(run_dir)}
     claim_output_dir(run_dir, OUTPUT_KIND)
     write_json(run_dir / KEY_FILE, {"key": key})  # first: an interrupted run is recognised as ours
+    if prepared is not None:
+        from .compare.ragaware import write_rag_context
+
+        write_rag_context(run_dir, prepared)
     tags: dict[str, Any] = {}
     params: dict[str, Any] = {}
     if tune is not None:
@@ -147,22 +163,22 @@ def _train_one(config: ExperimentConfig, model: str, dataset_hash: str, tracker:
                 "tunelab.tune.best_value": tune["best_value"], "tunelab.tune.trials": tune["trials"]}
         params = {f"tuned.{k}": v for k, v in tune["best_params"].items()}  # the run's config params are the
         # experiment's (untuned) values, so the chosen ones go under their own names
-    stage(f"train: {config.method.name} {config.train.objective} on {model}"
+    stage(f"train: {config.method.name} {config.train.objective}{' (RAG-aware)' if rag_aware else ''} on {model}"
           + (f" with the searched settings {settings_text(tune['best_params'])}" if tune is not None else "")
           + (" (resuming from the last checkpoint)" if status == "resume" else ""))
     summary = tracked_train(tracker, tcfg, resume=status == "resume", progress=progress, tags=tags,
-                            params=params).summary
-    return {"step": f"train {model}", "status": "resumed" if status == "resume" else "ran",
+                            params=params, data=prepared.data if prepared is not None else None).summary
+    return {"step": what, "status": "resumed" if status == "resume" else "ran",
             "run_dir": str(run_dir), "seconds": summary.get("wall_seconds"),
             "final_val_loss": summary.get("final_val_loss"), "tokens_per_s": summary.get("tokens_per_s")}
 
 
 def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
                   callback: Callable[[dict[str, Any]], None] | None = None, tags: dict[str, Any] | None = None,
-                  params: dict[str, Any] | None = None):
+                  params: dict[str, Any] | None = None, data: Any = None):
     """train.run as one MLflow train run: step metrics, final losses and speed, the run directory's files
-    as artifacts (`tags` and `params` added to the run's own). An interrupted run is recorded as KILLED and
-    raises Interrupted (checkpoint saved)."""
+    as artifacts (`tags` and `params` added to the run's own; `data`: rendered data, see train.run). An
+    interrupted run is recorded as KILLED and raises Interrupted (checkpoint saved)."""
     from .track import step_callback
     from .train import run as train_run
 
@@ -176,7 +192,7 @@ def tracked_train(tracker: Any, config: ExperimentConfig, *, resume: bool = Fals
             if callback is not None:
                 callback(event)
 
-        result = train_run(config, resume=resume, callback=both, progress=progress)
+        result = train_run(config, resume=resume, callback=both, progress=progress, data=data)
         if hasattr(logger, "flush"):
             logger.flush()
         summary = result.summary
@@ -320,11 +336,14 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
     `progress` is training's own bar; `on_progress(task, done, total)` is called as each variant's answers
     are generated and as the forgetting check scores its benchmarks (after all training)."""
     from .compare import run as compare_run
-    from .compare.variants import models_of
+    from .compare.variants import models_of, rag_aware_enabled
     from .track import Tracker
     from .train.run import OUTPUT_KIND, prepare_dataset
 
     check_benchmark_paths(config)  # before any work: a misspelt name is a config error, not a late failure
+    if rag_aware_enabled(config) and config.rag.docs is None:  # before training, not after the plain model
+        raise TunelabError(f"{config.name}: compare.rag_aware trains with passages retrieved from rag.docs, "
+                           "which is not set: name the documents directory, or set compare.rag_aware: off")
     stage = on_stage or (lambda _s: None)
     started = time.perf_counter()
     run_dir = claim_output_dir(config.run_dir, OUTPUT_KIND)  # the experiment dir: a run dir too
@@ -362,6 +381,11 @@ def run(config: ExperimentConfig, *, on_stage: Callable[[str], None] | None = No
             step = _train_one(config, model, dataset_hash, tracker, progress, stage, tune=tune)
             step["seconds"] = round(time.perf_counter() - t, 1)
             result.steps.append(step)
+            if rag_aware_enabled(config):
+                t = time.perf_counter()
+                step = _train_one(config, model, dataset_hash, tracker, progress, stage, tune=tune, rag_aware=True)
+                step["seconds"] = round(time.perf_counter() - t, 1)
+                result.steps.append(step)
 
     t = time.perf_counter()
     with tracker.run("compare", name="compare", tags={"dataset_hash": dataset_hash}) as tr:

@@ -165,3 +165,38 @@ def test_forgetting_check_joins_the_comparison(experiment):
     assert "<h2>General ability</h2>" in (run_dir / "compare" / "report.html").read_text()
     assert "truthfulqa_mc1" in (run_dir / "compare" / "report.html").read_text()
     assert "95% interval (paired)" in (run_dir / "compare" / "report.html").read_text()
+
+
+def test_rag_aware_variants_train_join_the_matrix_and_are_reused(experiment):
+    runner = CliRunner()
+    args = ["run", str(experiment), "compare.rag_aware=on", "data.rag_context.top_k=2", "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    out = json.loads(first.stdout)
+    steps = {s["step"]: s for s in out["steps"]}
+    aware = next(s for name, s in steps.items() if name.startswith("train rag-aware "))
+    assert aware["status"] == "ran" and Path(aware["run_dir"]).parent.name == "train-rag-aware"
+    rows = out["compare"]["comparison"]["rows"]
+    assert [(r["kind"], r["rag"]) for r in rows] == [
+        ("base", False), ("base", True), ("tuned", False), ("tuned", True),
+        ("rag-aware tuned", False), ("rag-aware tuned", True)]
+    # the manifest: the shares drawn (defaults 0.6/0.2/0.2 of the 10 training records) and the gold
+    manifest = json.loads((Path(aware["run_dir"]) / "data" / "rag-context.json").read_text())
+    assert manifest["train"]["counts"] == {"gold_with_distractors": 6, "distractors_only": 2, "no_context": 2}
+    assert manifest["train"]["gold_known"] == 0  # these records name no source: retrieval decided
+    summary = json.loads((Path(aware["run_dir"]) / "summary.json").read_text())
+    assert summary["rag_context"]["train"]["counts"] == manifest["train"]["counts"]
+    trained = [json.loads(line) for line in (Path(aware["run_dir"]) / "data" / "rag-train.jsonl").read_text().splitlines()]
+    assert sum("Context:" in r["messages"][0]["content"] for r in trained) == 8
+    comparison = out["compare"]["comparison"]
+    assert any(s.startswith("How model rag-aware tuned was trained: 10 examples") for s in comparison["reading"])
+    assert any(c["question"].startswith("RAG-aware tuning vs plain tuning") for c in comparison["contrasts"])
+    report = (Path(out["run_dir"]) / "compare" / "report.html").read_text()
+    assert "model rag-aware tuned + RAG" in report and "model rag-aware tuned + RAG" in \
+        (Path(out["run_dir"]) / "compare" / "table.md").read_text()
+
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    again = json.loads(second.stdout)
+    assert {s["step"]: s for s in again["steps"]}[f"train rag-aware {experiment.parent / 'model'}"]["status"] == "cached"
+    assert sorted(again["compare"]["cached_variants"]) == sorted(r["id"] for r in rows)

@@ -26,14 +26,21 @@ def train(
     from ..train import run
 
     config = load_config(config_file, overrides or [])
+    from ..compare.ragaware import standalone
+
+    prepared = standalone(config)  # data.rag_context: examples with retrieved passages
+    data = None
+    if prepared is not None:
+        config, data = prepared.config, prepared.data
     if dry_run or os.environ.get("RANK", "0") != "0":
-        result = run(config, resume=resume, dry_run=dry_run, progress=not as_json)
+        result = run(config, resume=resume, dry_run=dry_run, progress=not as_json, data=data)
     else:  # rank 0 (or the only process) records the run in MLflow (tracking.enabled: false turns it off)
         from ..pipeline import Interrupted, tracked_train
         from ..track import Tracker
 
         try:
-            result = tracked_train(Tracker.from_config(config), config, resume=resume, progress=not as_json)
+            result = tracked_train(Tracker.from_config(config), config, resume=resume, progress=not as_json,
+                                   data=data)
         except Interrupted as exc:
             message = str(exc)
             emit({"run_dir": str(config.run_dir), "status": "interrupted", "message": message}, as_json,
@@ -48,8 +55,8 @@ def train(
         emit({"run_dir": str(result.run_dir), "status": result.status, "plan": result.plan}, as_json,
              lambda c: _render_plan(c, result.plan))
         return
-    data = {"run_dir": str(result.run_dir), "status": result.status, **result.summary}
-    emit(data, as_json, lambda c: _render(c, result))
+    out = {"run_dir": str(result.run_dir), "status": result.status, **result.summary}
+    emit(out, as_json, lambda c: _render(c, result))
     if result.status == "interrupted":
         # a checkpoint was saved; `--resume` continues it, but the run itself did not finish
         raise typer.Exit(code=130)

@@ -42,7 +42,8 @@ def read_comparison(comparison: Comparison) -> list[str]:
     for group in questions.values():
         head = next((c for c in group if c.metric == comparison.primary), group[0])
         others = [c for c in group if c is not head]
-        sentence = (f"{head.question.capitalize()}: {head.better} beats {head.worse} on {head.metric} by "
+        question = head.question[:1].upper() + head.question[1:]  # not capitalize(): it would lower "RAG"
+        sentence = (f"{question}: {head.better} beats {head.worse} on {head.metric} by "
                     f"{_signed(head)}, {_verdict(head)}.")
         if others:
             parts = [f"{c.metric} {'favours' if c.better == head.better else 'goes the other way, favouring'} "
@@ -51,6 +52,7 @@ def read_comparison(comparison: Comparison) -> list[str]:
             sentence += " Also: " + "; ".join(parts) + "."
         out.append(sentence)
     out += tune_sentences(comparison)
+    out += rag_context_sentences(comparison)
     out += _cost_sentences(comparison)
     if comparison.retrieval:
         r = comparison.retrieval
@@ -83,6 +85,25 @@ def tune_sentences(comparison: Comparison) -> list[str]:
                    f"complete, {tune['pruned']} pruned), {goal} {tune['metric']} on {split}, never on the "
                    f"eval set; best development {tune['metric']} {fmt(tune['best_value'])} (trial "
                    f"{tune['best_trial']}), with {settings_text(tune['best_params'])}.")
+    return out
+
+
+def rag_context_sentences(comparison: Comparison) -> list[str]:
+    """How each RAG-aware variant's training examples were rendered: the mix drawn and how often the gold
+    passage was retrieved, forced in and in the prompt (its training manifest, compare.ragaware)."""
+    out = []
+    for row in comparison.rows:
+        ctx = (row.get("train") or {}).get("rag_context")
+        if not ctx or row["rag"]:
+            continue
+        counts = ctx.get("counts") or {}
+        mix = ", ".join(f"{n} {mode.replace('_', ' ')}" for mode, n in counts.items())
+        gold = (f"the gold passage was among the top {ctx.get('top_k')} retrieved for {ctx.get('gold_retrieved')} "
+                f"of the {ctx.get('gold_known')} examples whose gold is known, forced in for {ctx.get('gold_forced')}, "
+                f"and in {ctx.get('gold_in_prompt')} gold-with-distractors prompts"
+                if ctx.get("gold_known") else "the gold passage is known for no example, so retrieval decided")
+        out.append(f"How {row['variant']} was trained: {ctx.get('examples')} examples with retrieved passages "
+                   f"in the inference-time RAG prompt ({ctx.get('prompt_version')}): {mix}; {gold}.")
     return out
 
 

@@ -22,6 +22,7 @@ from ..evaluate.metrics.base import t_interval
 from .comparison import Comparison, Contrast, fmt
 from .evaluate import VariantResult
 from .reading import read_comparison
+from .variants import RAG_AWARE
 
 # -- building -------------------------------------------------------------------------------------
 
@@ -55,6 +56,8 @@ def _row(res: VariantResult) -> dict[str, Any]:
                                                "trainable_params", "total_params", "status", "steps")}
         row["train"]["final_train_loss"] = tr.get("final_train_loss")
         row["train"]["final_val_loss"] = tr.get("final_val_loss")
+        if tr.get("rag_context"):  # a RAG-aware variant: how its examples were rendered (compare.ragaware)
+            row["train"]["rag_context"] = tr["rag_context"].get("train")
     if res.tune:
         row["tune"] = res.tune
     return row
@@ -119,6 +122,10 @@ def _contrasts(results: list[VariantResult], metrics: list[str]) -> list[Contras
             pairs.append((res, by[(model, "base", True)], "fine-tuning vs retrieval"))
         if rag and (model, kind, False) in by:
             pairs.append((res, by[(model, kind, False)], "retrieval on top of fine-tuning"))
+        if kind == RAG_AWARE and (model, "tuned", rag) in by:
+            pairs.append((res, by[(model, "tuned", rag)],
+                          "RAG-aware tuning vs plain tuning" + (" (both with retrieval)" if rag else
+                                                                " (both without retrieval)")))
     for (model, kind, rag), res in by.items():
         if kind == "base" and rag and (model, "base", False) in by:
             pairs.insert(0, (res, by[(model, "base", False)], "retrieval"))

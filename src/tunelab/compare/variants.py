@@ -2,8 +2,9 @@
 
 A variant is one row of the table: a base model, optionally tuned (a PEFT adapter or a full model
 directory), optionally answering with retrieved context (RAG). The matrix of an experiment is
-`models x {base, tuned} x {no retrieval, retrieval}`, plus any `compare.extra` adapters, each with and
-without retrieval. Variants are ordered so the table reads top-down: per model, base before tuned,
+`models x {base, tuned, rag-aware tuned} x {no retrieval, retrieval}` (rag-aware tuned with
+compare.rag_aware: a model tuned on examples with retrieved passages, compare.ragaware), plus any
+`compare.extra` adapters, each with and without retrieval. Variants are ordered so the table reads top-down: per model, base before tuned,
 no retrieval before retrieval.
 """
 
@@ -18,6 +19,9 @@ from typing import Any
 
 from ..config import ExperimentConfig
 from ..digest import file_digest
+
+RAG_AWARE = "rag-aware tuned"  # the kind of a model tuned on examples with retrieved passages (compare.ragaware)
+RAG_AWARE_DIR = "train-rag-aware"  # under the experiment's run dir, next to train/
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,26 @@ def rag_enabled(config: ExperimentConfig) -> bool:
     return mode == "on" or (mode == "auto" and config.rag.docs is not None)
 
 
-def training_config(config: ExperimentConfig, model: str) -> ExperimentConfig:
-    """The experiment's training settings applied to one model: its run dir is `<run_dir>/train/<model>`."""
+def rag_aware_enabled(config: ExperimentConfig) -> bool:
+    mode = config.compare.rag_aware
+    return config.compare.train and (mode == "on" or (mode == "auto" and config.data.rag_context is not None))
+
+
+def training_config(config: ExperimentConfig, model: str, rag_aware: bool = False) -> ExperimentConfig:
+    """The experiment's training settings applied to one model: its run dir is `<run_dir>/train/<model>`,
+    or `<run_dir>/train-rag-aware/<model>` for its RAG-aware variant. The plain tuned model's data has no
+    rag_context (its examples are the bare questions), so its reuse key is the same with or without one."""
     out = config.model_copy(deep=True)
     out.model.name = model
-    out.workdir = Path(config.run_dir) / "train"
+    out.workdir = Path(config.run_dir) / (RAG_AWARE_DIR if rag_aware else "train")
     out.name = slug(model)
+    if rag_aware:
+        if out.data.rag_context is None:
+            from ..config.ragcontext import RagContextConfig
+
+            out.data.rag_context = RagContextConfig()  # compare.rag_aware on without a section: its defaults
+    else:
+        out.data.rag_context = None
     return out
 
 
@@ -78,6 +96,8 @@ def build_matrix(config: ExperimentConfig) -> list[Variant]:
         kinds: list[tuple[str, Path | None]] = [("base", None)]
         if config.compare.train:
             kinds.append(("tuned", training_config(config, model).run_dir))
+        if rag_aware_enabled(config):
+            kinds.append((RAG_AWARE, training_config(config, model, rag_aware=True).run_dir))
         for kind, weights in kinds:
             variants += [Variant(model, kind, rag, weights) for rag in rag_modes]
     for extra in config.compare.extra:

@@ -87,6 +87,11 @@ class CompareConfig(Section):
     rag: Literal["auto", "on", "off"] = Field(
         "auto", description="Add the with-retrieval variant of each; auto = on when rag.docs is set.",
     )
+    rag_aware: Literal["auto", "on", "off"] = Field(
+        "auto", description="Also train each model RAG-aware (its examples with retrieved passages, per "
+        "data.rag_context or its defaults) and compare it with and without retrieval next to the plain tuned "
+        "model; auto = on when data.rag_context is set. Needs rag.docs.",
+    )
     extra: list[VariantConfig] = Field(default_factory=list, description="Other adapters or models to include.")
     tune: TuneConfig | None = Field(
         None, description="Search training settings for each model before training its tuned variant "
@@ -99,7 +104,7 @@ class CompareConfig(Section):
             raise ValueError("tune searches the settings of the tuned variants; it needs train: true")
         return self
 
-    @field_validator("rag", mode="before")
+    @field_validator("rag", "rag_aware", mode="before")
     @classmethod
     def _yaml_booleans(cls, value: Any) -> Any:
         # YAML reads a bare on/off/yes/no as a boolean

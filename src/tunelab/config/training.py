@@ -10,6 +10,7 @@ from pydantic import Field, WrapSerializer, WrapValidator, field_validator, mode
 
 from .base import Section
 from .grpo import GrpoConfig, RewardConfig
+from .ragcontext import RagContextConfig
 
 AUTO = "auto"
 
@@ -141,6 +142,9 @@ class DataConfig(Section):
     clean: CleanConfig = Field(default_factory=CleanConfig)
     max_length: int = Field(1024, gt=0, description="Tokens per rendered example (longer ones are truncated).")
     skip_invalid: bool = Field(False, description="Skip bad records (counted by reason) instead of stopping.")
+    rag_context: RagContextConfig | None = Field(
+        None, description="Train a RAG-aware model too: its examples carry passages retrieved from rag.docs in "
+        "the inference-time RAG prompt, mixed for robustness (compare.rag_aware; tunelab.compare.ragaware).")
 
     @field_validator("train", mode="before")
     @classmethod

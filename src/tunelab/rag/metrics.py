@@ -21,7 +21,8 @@ from ..errors import TunelabError
 from ..evaluate.metrics.base import MetricValue, mean_stderr
 
 
-def _matches(hit: Any, gold: str) -> bool:
+def matches_gold(hit: Any, gold: str) -> bool:
+    """A hit is gold when it is the gold chunk, or a chunk of the gold document (by path or file name)."""
     return hit.chunk_id == gold or hit.doc == gold or hit.doc.endswith("/" + gold)
 
 
@@ -33,9 +34,9 @@ def per_query(hits: Sequence[Any], gold: str | Sequence[str], ks: Sequence[int])
     golds = _golds(gold)
     out: dict[str, float] = {}
     for k in ks:
-        found = sum(1 for g in golds if any(_matches(h, g) for h in hits[:k]))
+        found = sum(1 for g in golds if any(matches_gold(h, g) for h in hits[:k]))
         out[f"recall@{k}"] = found / len(golds)
-    first = next((i for i, h in enumerate(hits, start=1) if any(_matches(h, g) for g in golds)), None)
+    first = next((i for i, h in enumerate(hits, start=1) if any(matches_gold(h, g) for g in golds)), None)
     out["rr"] = 1.0 / first if first else 0.0
     return out
 

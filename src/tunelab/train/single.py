@@ -323,6 +323,8 @@ def _summary(config: ExperimentConfig, session: _Session, state: TrainState, sta
                                               if k.startswith("val_loss/")}
     if session.data.mixture is not None:
         summary["mixture"] = session.data.mixture
+    if session.data.manifest.get("rag_context"):  # data rendered with retrieved passages (compare.ragaware)
+        summary["rag_context"] = session.data.manifest["rag_context"]
     if generated:
         summary["final_generate_rougeL"] = generated[-1]["rougeL"]
     return summary
