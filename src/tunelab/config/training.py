@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, WrapSerializer, WrapValidator, field_validator, model_validator
 
 from .base import Section
+from .preference import PreferenceConfig
 
 AUTO = "auto"
 
@@ -172,7 +173,10 @@ class MethodConfig(Section):
 
 # --------------------------------------------------------------------------------------------- train
 class TrainConfig(Section):
-    objective: Literal["sft", "causal"] = Field("sft", description="sft: loss on completions; causal: all tokens.")
+    objective: Literal["sft", "causal", "dpo", "orpo"] = Field(
+        "sft", description="sft: loss on completions; causal: all tokens; dpo / orpo: preference pairs "
+        "(chosen over rejected reply), settings in train.preference."
+    )
     # auto (the default) in the fields below: chosen from the data's size and the method by the rules in
     # tunelab.train.auto, each with its reason (the dry run prints them; summary.json records them)
     epochs: Auto(Annotated[float, Field(gt=0)]) = Field(AUTO, description="Passes over the training set; auto: "
@@ -205,6 +209,7 @@ class TrainConfig(Section):
     )
     eval_generate_n: int = Field(16, gt=0, description="Validation examples answered by eval_generate_every.")
     eval_generate_max_new_tokens: int = Field(64, gt=0, description="Answer length cap for eval_generate_every.")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="dpo / orpo settings.")
 
 
 # ------------------------------------------------------------------------------------- mixture/stages

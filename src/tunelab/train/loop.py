@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -62,6 +62,8 @@ class LoopSetup:
     epoch_plan: Callable[[int], list[list[int]]] | None = None  # a mixture's steps of an epoch
     dist: Dist | None = None  # several processes: this one's rank and the collectives
     generate_eval: Callable[[], dict[str, Any]] | None = None  # ROUGE-L of generated answers
+    # dpo/orpo (preference.py): train and val hold preference pairs, and this computes their loss
+    preference: Any = None
 
     @property
     def world(self) -> int:
@@ -91,6 +93,7 @@ class StepResult:
     grad_norm: float
     tokens: int
     loss_tokens: int
+    extra: dict[str, float] = field(default_factory=dict)  # a preference objective's rewards
 
 
 def count_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> tuple[int, int]:
@@ -101,6 +104,10 @@ def count_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> tuple[int,
 
 
 def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
+    if setup.preference is not None:
+        loss, tokens, loss_tokens, rewards = setup.preference.backward(setup, indices)
+        lr, grad_norm = _update(setup)
+        return StepResult(loss, lr, grad_norm, tokens, loss_tokens, rewards)
     examples = setup.train
     lengths = [len(e) for e in examples]
     # Every process knows the whole step's examples, so each divides by the global loss-token count.
@@ -132,6 +139,12 @@ def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
         dist.all_reduce_grads(p for p in setup.params.values() if not (dist.fsdp and is_sharded(p)))
         total_nll, tokens_sum = dist.sum([total_nll, tokens])
         tokens = int(tokens_sum)
+    lr, grad_norm = _update(setup)
+    return StepResult(total_nll / denominator, lr, grad_norm, tokens, step_loss_tokens)
+
+
+def _update(setup: LoopSetup) -> tuple[float, float]:
+    """Clip, step the optimizer and schedule on the accumulated gradients: (lr used, grad norm)."""
     lr = float(setup.optimizer.param_groups[0]["lr"])
     setup.updating = True
     if setup.scaler is not None:
@@ -147,7 +160,7 @@ def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
     setup.scheduler.step()
     setup.optimizer.zero_grad(set_to_none=True)
     setup.updating = False
-    return StepResult(total_nll / denominator, lr, grad_norm, tokens, step_loss_tokens)
+    return lr, grad_norm
 
 
 @torch.no_grad()
@@ -225,8 +238,11 @@ class _Clock:
 def _eval_row(setup: LoopSetup, state: TrainState) -> dict[str, Any]:
     tokens_per_batch = setup.layout.capacity * max(setup.cfg.batch_size, 8)
     started = time.perf_counter()
-    result = evaluate(setup.model, setup.head, setup.val, setup.layout, setup.device, setup.autocast,
-                      tokens_per_batch, setup.dist)
+    if setup.preference is not None:
+        result = setup.preference.evaluate(setup)
+    else:
+        result = evaluate(setup.model, setup.head, setup.val, setup.layout, setup.device, setup.autocast,
+                          tokens_per_batch, setup.dist)
     row = {"step": state.step, "epoch": state.epoch, **result, "eval_seconds": time.perf_counter() - started}
     return row
 
@@ -303,6 +319,7 @@ def run_loop(setup: LoopSetup, state: TrainState) -> LoopOutcome:
                 "tokens": result.tokens,
                 "tokens_per_s": result.tokens / seconds if seconds > 0 else 0.0,
                 "elapsed_s": state.train_seconds,
+                **result.extra,
             }
             state.log.append(row)
             setup.emit({"event": "step", **row, "total_steps": setup.total_steps,
