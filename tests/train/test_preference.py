@@ -186,3 +186,14 @@ def test_sft_then_dpo_stages_resume_exactly_after_a_kill(make_config, tmp_path, 
     b = {n: p for n, p in resumed.model.named_parameters() if p.requires_grad}
     assert a.keys() == b.keys() and all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
     assert _steps(resumed)[-1]["loss"] == pytest.approx(_steps(straight)[-1]["loss"], abs=1e-6)
+
+
+def test_preference_settings_have_documented_defaults_and_bounds(make_config):
+    from tunelab.errors import ConfigError
+
+    settings = make_config("defaults", train={"objective": "orpo"}).train.preference
+    assert (settings.beta, settings.orpo_lambda) == (0.1, 0.1)
+    with pytest.raises((ConfigError, ValueError), match="beta"):
+        make_config("bad", train={"objective": "dpo", "preference": {"beta": 0}})
+    with pytest.raises((ConfigError, ValueError), match="objective"):
+        make_config("bad", train={"objective": "kto"})
