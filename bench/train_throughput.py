@@ -210,11 +210,12 @@ WORKERS = {"tunelab": worker_tunelab, "trl": worker_trl, "peak": worker_peak}
 # -- driver -------------------------------------------------------------------------------------------
 
 
-def _spawn(kind: str, spec: dict) -> dict:
+def _spawn(kind: str, spec: dict, script: str = __file__) -> dict:
+    """Run `script --worker kind` (this file's, or another bench's, e.g. preference_throughput.py)."""
     # OMP_WAIT_POLICY=ACTIVE is what the tunelab command line sets (cli/__init__.py); both frameworks get it
     env = {"OMP_WAIT_POLICY": "ACTIVE", **os.environ, "PYTHONPATH": str(ROOT / "src"),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", json.dumps(spec)], env=env,
+    proc = subprocess.run([sys.executable, script, "--worker", kind, "--spec", json.dumps(spec)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"framework": kind, "error": proc.stderr[-3000:]}
