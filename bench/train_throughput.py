@@ -211,7 +211,8 @@ WORKERS = {"tunelab": worker_tunelab, "trl": worker_trl, "peak": worker_peak}
 
 
 def _spawn(kind: str, spec: dict, script: str = __file__) -> dict:
-    """Run `script --worker kind` in its own process (bench/grpo_throughput.py spawns its workers here too)."""
+    """Run `script --worker kind` in its own process: this file's, or another bench's (grpo_throughput.py,
+    preference_throughput.py) that spawns its workers here too."""
     # OMP_WAIT_POLICY=ACTIVE is what the tunelab command line sets (cli/__init__.py); both frameworks get it
     env = {"OMP_WAIT_POLICY": "ACTIVE", **os.environ, "PYTHONPATH": str(ROOT / "src"),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}

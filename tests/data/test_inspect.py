@@ -163,3 +163,19 @@ def test_render_inspection_draws_everything(dataset_dir, tiny_tokenizer):
     assert f"{result['truncation']['truncated']} of 6 records" in out
     assert "would lose their whole answer" in out
     assert "Loss tokens per record" in out and "End of turn: <|im_end|>" in out
+
+
+def test_a_preference_pair_shows_both_sequences_with_only_the_replies_in_the_loss(tmp_path, tiny_tokenizer):
+    pref = Record(kind="preference", messages=[{"role": "user", "content": "capital?"}], chosen="Paris",
+                  rejected="Lyon, I think")
+    write_jsonl(tmp_path / "train.jsonl", [pref.to_dict()])
+    result = inspect_dataset(tmp_path, tiny_tokenizer, BIG)
+    example = result["examples"][0]
+    prompt = "<|im_start|>user\ncapital?<|im_end|>\n<|im_start|>assistant\n"
+    for shown, reply in ((example, "Paris"), (example["rejected"], "Lyon, I think")):
+        assert "".join(t for t, _ in shown["tokens"]).startswith(prompt + reply)
+        assert "".join(t for t, inside in shown["tokens"] if inside) == reply + "<|im_end|>"
+    console = Console(record=True, width=100)
+    render_inspection(result, console)
+    drawn = console.export_text()
+    assert "(preference, chosen)" in drawn and "(preference, rejected)" in drawn and "Lyon, I think" in drawn

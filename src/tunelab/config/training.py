@@ -10,6 +10,7 @@ from pydantic import Field, WrapSerializer, WrapValidator, field_validator, mode
 
 from .base import Section
 from .grpo import GrpoConfig, RewardConfig
+from .preference import PreferenceConfig
 from .ragcontext import RagContextConfig
 
 AUTO = "auto"
@@ -177,8 +178,9 @@ class MethodConfig(Section):
 
 # --------------------------------------------------------------------------------------------- train
 class TrainConfig(Section):
-    objective: Literal["sft", "causal", "grpo"] = Field(
-        "sft", description="sft: loss on completions; causal: all tokens; grpo: sampled completions scored "
+    objective: Literal["sft", "causal", "dpo", "orpo", "grpo"] = Field(
+        "sft", description="sft: loss on completions; causal: all tokens; dpo / orpo: preference pairs "
+        "(chosen over rejected reply), settings in train.preference; grpo: sampled completions scored "
         "by train.rewards (train.grpo)."
     )
     # auto (the default) in the fields below: chosen from the data's size and the method by the rules in
@@ -223,6 +225,7 @@ class TrainConfig(Section):
         if self.objective == "grpo" and not self.rewards:
             raise ValueError("the grpo objective needs train.rewards (e.g. [{name: label}])")
         return self
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="dpo / orpo settings.")
 
 
 # ------------------------------------------------------------------------------------- mixture/stages

@@ -183,26 +183,31 @@ def inspect_dataset(
 def _examples(
     rows: list[tuple[int, Record]], tokenizer, max_length: int, train_on: str, n_examples: int
 ) -> list[dict[str, Any]]:
-    """Loss-mask previews of the first n records that render (as training sees them: truncated)."""
+    """Loss-mask previews of the first n records that render (as training sees them: truncated). A
+    preference record's preview is its chosen sequence, with the rejected one under "rejected"."""
     out: list[dict[str, Any]] = []
     for lineno, record in rows:
         if len(out) >= n_examples:
             break
         try:
             tokens = loss_mask_preview(record, tokenizer, max_length=None, train_on=train_on)
+            rejected = (loss_mask_preview(record, tokenizer, max_length=None, reply="rejected")
+                        if record.kind == "preference" else None)
         except TunelabError:
             continue
-        out.append(
-            {
-                "line": lineno,
-                "kind": record.kind,
-                "n_tokens": len(tokens),
-                "n_loss_tokens": sum(inside for _, inside in tokens[:max_length]),
-                "truncated": len(tokens) > max_length,
-                "tokens": [[text, inside] for text, inside in tokens[:max_length]],
-            }
-        )
+        out.append({"line": lineno, "kind": record.kind, **_preview(tokens, max_length)})
+        if rejected is not None:
+            out[-1]["rejected"] = _preview(rejected, max_length)
     return out
+
+
+def _preview(tokens: list[tuple[str, bool]], max_length: int) -> dict[str, Any]:
+    return {
+        "n_tokens": len(tokens),
+        "n_loss_tokens": sum(inside for _, inside in tokens[:max_length]),
+        "truncated": len(tokens) > max_length,
+        "tokens": [[text, inside] for text, inside in tokens[:max_length]],
+    }
 
 
 # -- drawing ------------------------------------------------------------------------------------------
@@ -244,17 +249,21 @@ def render_inspection(result: dict[str, Any], console: Console) -> None:
         f"max_length {result['max_length']}, train_on {result['train_on']}"
     )
     for example in result["examples"]:
-        title = (
-            f"line {example['line']} ({example['kind']}): {example['n_loss_tokens']} of "
-            f"{min(example['n_tokens'], result['max_length'])} tokens in the loss"
-        )
-        console.print(
-            Panel(
-                example_text(example),
-                title=title,
-                subtitle="[black on green] in loss [/] [dim]not in loss[/]",
+        sides = [("", example)]
+        if "rejected" in example:  # a preference pair: both sequences, each with its reply in the loss
+            sides = [(", chosen", example), (", rejected", example["rejected"])]
+        for side, shown in sides:
+            title = (
+                f"line {example['line']} ({example['kind']}{side}): {shown['n_loss_tokens']} of "
+                f"{min(shown['n_tokens'], result['max_length'])} tokens in the loss"
             )
-        )
+            console.print(
+                Panel(
+                    example_text(shown),
+                    title=title,
+                    subtitle="[black on green] in loss [/] [dim]not in loss[/]",
+                )
+            )
 
     lengths = result["lengths"]
     console.print(

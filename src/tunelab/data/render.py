@@ -357,12 +357,14 @@ def end_of_turn_token(tokenizer) -> str | None:
 
 
 def loss_mask_preview(
-    record: Record, tokenizer, *, max_length: int | None = None, train_on: str = "assistant"
+    record: Record, tokenizer, *, max_length: int | None = None, train_on: str = "assistant", reply: str = "chosen"
 ) -> list[tuple[str, bool]]:
-    """(token text, in loss) for every token of a rendered record; preference records show the chosen
-    reply. Joining the texts gives back the rendered string (plus any BOS/EOS added)."""
+    """(token text, in loss) for every token of a rendered record; preference records show the reply
+    named by `reply` (chosen or rejected). Joining the texts gives back the rendered string (plus any
+    BOS/EOS added)."""
     if record.kind == "preference":
-        messages = list(record.messages or []) + [{"role": "assistant", "content": record.chosen or ""}]
+        answer = record.chosen if reply == "chosen" else record.rejected
+        messages = list(record.messages or []) + [{"role": "assistant", "content": answer or ""}]
         tokens = _render_chat(tokenizer, messages, "last")
     else:
         tokens = _record_tokens(record, tokenizer, train_on)

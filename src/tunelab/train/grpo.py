@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from ..data.records import Record
 from ..errors import TunelabError
 from .batching import IGNORE_INDEX, Batch, Example
-from .loop import LoopSetup, StepResult
+from .loop import LoopSetup, StepResult, apply_update
 from .rewards import BoundReward, Sample, build_rewards, score
 
 
@@ -249,29 +249,10 @@ class GrpoStep:
                 loss_sum += float(loss.detach())
                 kl_sum += float(kl.sum())
                 clipped += int(was_clipped.sum())
-            grad_norm = self._update(setup, last=iteration == self.cfg.iterations - 1)
+            _, grad_norm = apply_update(setup, schedule=iteration == self.cfg.iterations - 1)
         seconds = time.perf_counter() - started
         metrics = self._metrics(totals, per, samples, kl_sum, clipped, n_tokens, generate_s, seconds, len(prompts))
         return StepResult(loss_sum, lr, grad_norm, sum(b.n_tokens for b in batches), n_tokens, metrics)
-
-    @staticmethod
-    def _update(setup: LoopSetup, last: bool) -> float:
-        setup.updating = True
-        if setup.scaler is not None:
-            setup.scaler.unscale_(setup.optimizer)
-        params = [p for p in setup.params.values() if p.grad is not None]
-        max_norm = setup.cfg.max_grad_norm if setup.cfg.max_grad_norm is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        if setup.scaler is not None:
-            setup.scaler.step(setup.optimizer)
-            setup.scaler.update()
-        else:
-            setup.optimizer.step()
-        if last:
-            setup.scheduler.step()
-        setup.optimizer.zero_grad(set_to_none=True)
-        setup.updating = False
-        return grad_norm
 
     def _metrics(self, totals: list[float], per: dict[str, list[float]], samples: list[Sample], kl_sum: float,
                  clipped: int, n_tokens: int, generate_s: float, seconds: float, n_prompts: int) -> dict[str, float]:

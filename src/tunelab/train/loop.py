@@ -64,6 +64,8 @@ class LoopSetup:
     generate_eval: Callable[[], dict[str, Any]] | None = None  # ROUGE-L of generated answers
     # an objective's own step (grpo.py) in place of train_step, taking the same (setup, indices)
     step: Callable[[LoopSetup, list[int]], StepResult] | None = None
+    # dpo/orpo (preference.py): train and val hold preference pairs, and this computes their loss
+    preference: Any = None
 
     @property
     def world(self) -> int:
@@ -104,6 +106,10 @@ def count_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> tuple[int,
 
 
 def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
+    if setup.preference is not None:
+        loss, tokens, loss_tokens, rewards = setup.preference.backward(setup, indices)
+        lr, grad_norm = apply_update(setup)
+        return StepResult(loss, lr, grad_norm, tokens, loss_tokens, rewards)
     examples = setup.train
     lengths = [len(e) for e in examples]
     # Every process knows the whole step's examples, so each divides by the global loss-token count.
@@ -135,6 +141,13 @@ def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
         dist.all_reduce_grads(p for p in setup.params.values() if not (dist.fsdp and is_sharded(p)))
         total_nll, tokens_sum = dist.sum([total_nll, tokens])
         tokens = int(tokens_sum)
+    lr, grad_norm = apply_update(setup)
+    return StepResult(total_nll / denominator, lr, grad_norm, tokens, step_loss_tokens)
+
+
+def apply_update(setup: LoopSetup, schedule: bool = True) -> tuple[float, float]:
+    """Clip, step the optimizer (and with `schedule` the lr schedule: an objective that updates several
+    times per step, grpo's iterations, schedules once) on the accumulated gradients: (lr used, grad norm)."""
     lr = float(setup.optimizer.param_groups[0]["lr"])
     setup.updating = True
     if setup.scaler is not None:
@@ -147,10 +160,11 @@ def train_step(setup: LoopSetup, indices: list[int]) -> StepResult:
         setup.scaler.update()
     else:
         setup.optimizer.step()
-    setup.scheduler.step()
+    if schedule:
+        setup.scheduler.step()
     setup.optimizer.zero_grad(set_to_none=True)
     setup.updating = False
-    return StepResult(total_nll / denominator, lr, grad_norm, tokens, step_loss_tokens)
+    return lr, grad_norm
 
 
 @torch.no_grad()
@@ -228,8 +242,11 @@ class _Clock:
 def _eval_row(setup: LoopSetup, state: TrainState) -> dict[str, Any]:
     tokens_per_batch = setup.layout.capacity * max(setup.cfg.batch_size, 8)
     started = time.perf_counter()
-    result = evaluate(setup.model, setup.head, setup.val, setup.layout, setup.device, setup.autocast,
-                      tokens_per_batch, setup.dist)
+    if setup.preference is not None:
+        result = setup.preference.evaluate(setup)
+    else:
+        result = evaluate(setup.model, setup.head, setup.val, setup.layout, setup.device, setup.autocast,
+                          tokens_per_batch, setup.dist)
     row = {"step": state.step, "epoch": state.epoch, **result, "eval_seconds": time.perf_counter() - started}
     return row
 

@@ -8,6 +8,8 @@
   (grpo.py says how).
 - causal: continued pre-training. Every token is in the loss (chat records too, template included), and
   long documents are cut into max_length windows instead of truncated, so no text is thrown away.
+- dpo, orpo: preference tuning on prompt/chosen/rejected records; each becomes a pair of rendered
+  sequences with the loss mask on the replies only (preference.py: the pairs, the losses, the reference).
 
 Both return already-rendered `Example`s; the training loop never sees records, so stages and mixtures
 can feed it examples from anywhere.
@@ -22,6 +24,7 @@ from typing import Any
 from ..data.records import Record
 from ..errors import TunelabError
 from .batching import Example, example_from_rendered, split_long
+from .preference import build_pairs
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def _check_kinds(records: Sequence[Record], objective: str) -> None:
     if bad:
         raise TunelabError(
             f"the {objective} objective cannot train on preference records (chosen/rejected pairs); "
-            "they need a preference objective such as DPO"
+            "set train.objective to dpo or orpo to train on them (an sft stage can come first: stages:)"
         )
 
 
@@ -97,6 +100,10 @@ OBJECTIVES: dict[str, Objective] = {
     "sft": Objective("sft", "loss on assistant replies only", build_sft),
     "causal": Objective("causal", "loss on every token; long texts cut into max_length windows", build_causal),
     "grpo": Objective("grpo", "sampled answers scored by rewards (grpo.py)", build_grpo),
+    "dpo": Objective("dpo", "preference pairs: chosen over rejected against the starting model",
+                     build_pairs),  # type: ignore[arg-type]
+    "orpo": Objective("orpo", "preference pairs: NLL of chosen plus an odds-ratio term, no reference",
+                      build_pairs),  # type: ignore[arg-type]
 }
 
 

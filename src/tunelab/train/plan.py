@@ -82,14 +82,19 @@ def measure_throughput(setup: LoopSetup, steps: int = 2) -> float:
     tokens = 0
     seconds = 0.0
     for n, group in enumerate(groups[: steps + 1]):
-        batch = setup.layout.collate([setup.train[i] for i in group]).to(setup.device)
         started = time.perf_counter()
-        with setup.autocast():
-            loss = setup.head.nll_sum(batch) / max(1, batch.n_loss_tokens)
-        loss.backward()
+        if setup.preference is not None:  # dpo/orpo: pairs (preference.py)
+            n_tokens = setup.preference.backward(setup, group)[1]
+        else:
+            batch = setup.layout.collate([setup.train[i] for i in group]).to(setup.device)
+            started = time.perf_counter()
+            with setup.autocast():
+                loss = setup.head.nll_sum(batch) / max(1, batch.n_loss_tokens)
+            loss.backward()
+            n_tokens = batch.n_tokens
         if n:  # the first is a warm-up (allocations, kernel selection)
             seconds += time.perf_counter() - started
-            tokens += batch.n_tokens
+            tokens += n_tokens
     setup.optimizer.zero_grad(set_to_none=True)
     return tokens / seconds if seconds > 0 else 0.0
 

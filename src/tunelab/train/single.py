@@ -23,7 +23,7 @@ import torch
 from ..config import ExperimentConfig, save_resolved
 from ..errors import TunelabError
 from ..io import write_json, write_jsonl, write_text
-from . import auto, distributed, fast_lora
+from . import auto, distributed, fast_lora, preference
 from .artifacts import save_artifacts, weights_digest
 from .batching import Layout
 from .checkpoint import FINGERPRINT_SECTIONS, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -155,6 +155,9 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
     device = device_for(config, dist)
     threads = set_threads(dist)
     precision, autocast, scaler, warnings = precision_for(cfg.precision, device)
+    pair_loss = preference.make_loss(config)  # dpo/orpo: train on preference pairs (preference.py)
+    if pair_loss is not None:
+        preference.check_supported(config, dist)
 
     tokenizer = load_tokenizer_for(config)
     data = data if data is not None else load_data(config, tokenizer, dist)
@@ -192,8 +195,8 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
         warnings.append(f"method {method.name}: PEFT drops position ids for it, so examples are length-bucketed "
                         "instead of packed")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    layout = Layout(packing=cfg.packing and method.packing, capacity=max_length, pad_id=int(pad_id),
-                    with_mask=not method.packing)
+    packing = cfg.packing and method.packing and pair_loss is None  # pairs are scored per sequence: padded
+    layout = Layout(packing=packing, capacity=max_length, pad_id=int(pad_id), with_mask=not method.packing)
     world = dist.world if dist is not None else 1
     # the settings left at auto, from the rendered data's size and the method (auto.py); from here on the
     # run (its checkpoints' identity, its config.resolved.yaml, its summary) sees the chosen values
@@ -234,7 +237,7 @@ def _build(config: ExperimentConfig, emit: Callback, stop_requested: Callable[[]
         model=model, head=None, optimizer=optimizer, scheduler=scheduler, params=params, train=data.train, val=data.val,  # type: ignore[arg-type]
         layout=layout, cfg=cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch, device=device,
         autocast=autocast, emit=emit if is_main else (lambda _e: None), save=save, flush_log=flush_log,
-        stop_requested=stop_requested, scaler=scaler, dist=dist, generate_eval=generate_eval,
+        stop_requested=stop_requested, scaler=scaler, dist=dist, generate_eval=generate_eval, preference=pair_loss,
     )
     if data.plan is not None:
         plan = data.plan
@@ -290,7 +293,7 @@ def _summary(config: ExperimentConfig, session: _Session, state: TrainState, sta
         "final_train_loss": steps[-1]["loss"] if steps else None,
         "final_train_loss_smoothed": _mean_tail(steps, "loss"),
         "final_val_loss": last_eval["val_loss"] if last_eval else None,
-        "final_val_perplexity": last_eval["val_ppl"] if last_eval else None,
+        "final_val_perplexity": last_eval.get("val_ppl") if last_eval else None,
         "perplexity_convention": "token-level: exp(mean NLL over the validation split's loss tokens)",
         "best_val_loss": state.best_val,
         "best_val_step": state.best_step,
@@ -327,6 +330,11 @@ def _summary(config: ExperimentConfig, session: _Session, state: TrainState, sta
         summary["rag_context"] = session.data.manifest["rag_context"]
     if generated:
         summary["final_generate_rougeL"] = generated[-1]["rougeL"]
+    if session.setup.preference is not None:  # the rewards of the last step and the last validation
+        last = steps[-1] if steps else {}
+        summary["preference"] = {k: v for k, v in {**last, **(last_eval or {})}.items()
+                                 if k.removeprefix("val_") in preference.METRICS}
+        summary["preference"]["reference_seconds"] = round(session.setup.preference.reference_seconds, 3)
     return summary
 
 
@@ -362,7 +370,11 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
             from .grpo import attach
 
             attach(setup, session.tokenizer, get_method(config.method.name).adapter, session.threads)
+        if setup.preference is not None:
+            setup.preference.head = head
         if dry_run:
+            if setup.preference is not None:  # the plan times forward+backward: any reference values will do
+                setup.preference.reference = {"train": torch.zeros((len(setup.train), 2))}
             trainable, total = count_parameters(session.model)
             plan = build_plan(
                 setup, method=config.method.name, n_params=total, trainable=trainable,
@@ -377,6 +389,9 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
             return TrainResult(run_dir, "planned", plan=plan)
         if is_main:
             save_resolved(config, run_dir, notes=auto.format_choices(session.auto))
+        if setup.preference is not None:  # from the starting weights, so before a checkpoint is loaded
+            setup.preference.prepare_reference(setup, run_dir, _identity(config, session.data.dataset_hash), resume,
+                                               is_main)
         state = _restore(config, session) if resume else TrainState()
         # Only the loop turns Ctrl-C into "checkpoint and stop"; while loading, Ctrl-C aborts at once.
         with graceful_interrupt() as stop_requested:
