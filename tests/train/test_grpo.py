@@ -1,5 +1,5 @@
 """The grpo objective on the tiny model: a verifiable reward rises, the arithmetic of advantages and
-the loss on a hand-computed batch, the reference is the adapter switched off, prompts from chat and label
+the loss on a hand-computed batch, the reference is the policy as the stage starts, prompts from chat and label
 records, per-step logging, exact resume and a grpo stage after an sft stage."""
 
 from __future__ import annotations
@@ -128,9 +128,8 @@ def test_advantages_and_loss_by_hand():
     assert clipped.tolist() == [True, False, True]
 
 
-def test_reference_is_the_adapter_switched_off(make_config, monkeypatch):
-    """With LoRA the KL is measured against the base model's log-probabilities: the same weights, the
-    adapter off (no second copy)."""
+def _spy_reference(monkeypatch) -> list:
+    """(reference, policy, adapter-off log-probs, the weights kept aside) at every reference pass."""
     from tunelab.train import grpo
 
     seen = []
@@ -139,18 +138,41 @@ def test_reference_is_the_adapter_switched_off(make_config, monkeypatch):
     def spy(self, setup, batch):
         ref = original(self, setup, batch)
         with torch.no_grad():
-            base = grpo.token_logprobs(setup.head, batch)
+            policy = grpo.token_logprobs(setup.head, batch)
             with setup.model.disable_adapter():
                 off = grpo.token_logprobs(setup.head, batch)
-        seen.append((ref, base, off, self._ref_model))
+        seen.append((ref, policy, off, self._start))
         return ref
 
     monkeypatch.setattr(grpo.GrpoStep, "_reference", spy)
+    return seen
+
+
+def test_reference_of_a_fresh_adapter_is_the_base_model(make_config, monkeypatch):
+    """With a fresh LoRA adapter the KL is measured against the base model's log-probabilities, and only
+    the adapter's weights are kept aside (no second model)."""
+    seen = _spy_reference(monkeypatch)
     run(make_config("ref", train={**GRPO, "max_steps": 3, "lr": 5e-2}), progress=False)
-    ref, policy, off, copy = seen[-1]
-    assert copy is None  # no second model
+    ref, policy, off, kept = seen[-1]
+    assert kept and all("lora_" in name for name in kept)  # the adapter only
     assert torch.equal(ref, off)
     assert not torch.allclose(ref, policy)  # after two updates the adapter matters
+
+
+def test_reference_after_an_sft_stage_is_the_sft_result(make_config, monkeypatch):
+    """A grpo stage after sft is held near what sft taught (the policy as the stage starts), not pulled
+    back to the base model."""
+    seen = _spy_reference(monkeypatch)
+    cfg = make_config("anchored", train={"max_steps": 2, "lr": 5e-2}, stages=[
+        {"name": "sft", "train": {"objective": "sft"}},
+        {"name": "rl", "train": {k: v for k, v in GRPO.items() if k != "max_steps"}},
+    ])
+    run(cfg, progress=False)
+    ref, policy, off, _ = seen[0]  # the rl stage's first step, before its first update
+    assert torch.allclose(ref, policy, atol=1e-6)
+    assert not torch.allclose(ref, off)  # sft moved the adapter: the base is not the reference
+    ref_last, policy_last, _, _ = seen[-1]
+    assert not torch.allclose(ref_last, policy_last)  # the policy moved on, the reference stayed
 
 
 def test_prompts_from_chat_and_label_records(tiny_tokenizer):

@@ -24,11 +24,11 @@ checkpoints, exact resume, events, MLflow and stages are the loop's own):
 4. `iterations` updates are made on the same samples (the learning-rate schedule advances once per
    step); with 1, the ratio is 1 and only the KL and the advantages act.
 
-The reference: for adapter methods (LoRA, DoRA, QLoRA, IA3, prompt/prefix tuning) it is the same
-weights with the adapter switched off, so no second copy is held; that is the stage's base model (after
-an SFT stage the adapter continues, so the reference is the base, not the SFT result; merge the SFT
-stage first, by a different method or rank, to anchor on it). Full fine-tuning keeps a frozen copy of
-the starting weights in memory (twice the model's size) when beta > 0.
+The reference (beta > 0) is the policy as the stage starts: after an SFT stage, the SFT result, as in
+TRL and DeepSeekMath, so the KL keeps the policy near what SFT taught rather than pulling it back to the
+base model. Only the trainable weights are kept aside and swapped in for the reference pass: for adapter
+methods (LoRA, DoRA, QLoRA, IA3, prompt/prefix tuning) a copy of the adapter (a fresh adapter: exactly the
+base model), for full fine-tuning a copy of the model's weights (twice the model's size).
 
 Logged per step (train_log.jsonl, the progress events, MLflow): reward_mean and reward_std over all
 completions, reward/<name>_mean and _std per reward, kl (mean per completion token), completion_tokens
@@ -37,7 +37,6 @@ completions, reward/<name>_mean and _std per reward, kl (mean per completion tok
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -174,13 +173,13 @@ class GrpoStep:
         end_id = tokenizer.convert_tokens_to_ids(end) if end is not None else None
         self.end_id = end_id if isinstance(end_id, int) else min(self.generator.stop_token_ids)
         self.adapter = adapter
-        self._ref_model = None
-        self._ref_head = None
-        if not adapter and self.cfg.beta:
-            from .loss import LossHead
-
-            self._ref_model = copy.deepcopy(setup.model).eval().requires_grad_(False)
-            self._ref_head = LossHead(self._ref_model)
+        # The reference is the policy as the stage starts (built before a checkpoint is restored, so a
+        # resumed run keeps the same one): its trainable weights are kept aside and swapped in for the
+        # reference pass. For an adapter that is a copy of the adapter only (an SFT stage's result when
+        # the adapter continues from one; the base model when the adapter is fresh).
+        self._start: dict[str, torch.Tensor] | None = None
+        if self.cfg.beta:
+            self._start = {name: p.detach().clone() for name, p in setup.params.items()}
 
     def sample(self, setup: LoopSetup, prompts: list[PromptExample]) -> tuple[list[list[int]], list[Sample]]:
         from ..models.generate import GenerationConfig
@@ -202,11 +201,17 @@ class GrpoStep:
     def _reference(self, setup: LoopSetup, batch: Batch) -> torch.Tensor | None:
         if not self.cfg.beta:
             return None
-        with torch.no_grad(), setup.autocast():
-            if self._ref_head is not None:
-                return token_logprobs(self._ref_head, batch)
-            with setup.model.disable_adapter():
+        assert self._start is not None
+        params = setup.params
+        current = {name: p.data for name, p in params.items()}
+        try:
+            for name, p in params.items():  # pointer swaps, no copies
+                p.data = self._start[name]
+            with torch.no_grad(), setup.autocast():
                 return token_logprobs(setup.head, batch)
+        finally:
+            for name, p in params.items():
+                p.data = current[name]
 
     def __call__(self, setup: LoopSetup, indices: list[int]) -> StepResult:
         started = time.perf_counter()
