@@ -169,3 +169,33 @@ def test_resolve_train_passes_the_configs_lora_scale():
     resolved, choices = auto.resolve_train(config, n_examples=396, loss_tokens=10_000, n_params=135_000_000,
                                            has_validation=False)
     assert resolved.train.lr == pytest.approx(1.35e-3) and choices["train.lr"]["value"] == resolved.train.lr
+
+
+def test_preference_and_reward_objectives_get_their_own_lr_and_passes():
+    """dpo/orpo refine at the method's rate (no small-set boost for learning facts), for 3 passes over a
+    small set of pairs; grpo at a tenth of it, one pass over its prompts; sft keeps its rules."""
+    small = dict(method="lora", n_examples=101, loss_tokens=3_000, step_size=4, has_validation=False,
+                 n_params=135_000_000, lora_scale=2.0)
+
+    def cfg(objective, **kw):
+        return TrainConfig(objective=objective, rewards=[{"name": "label"}] if objective == "grpo" else [], **kw)
+
+    def at(objective, **kw):
+        return values(auto.train_rules(cfg(objective, **kw), objective=objective, **small))
+
+    sft, dpo, orpo, grpo = at("sft"), at("dpo"), at("orpo"), at("grpo")
+    assert sft["lr"] == pytest.approx(2.7e-3) and sft["epochs"] >= auto.SMALL_MIN_EPOCHS
+    assert dpo["lr"] == orpo["lr"] == pytest.approx(2e-4) and dpo["epochs"] == orpo["epochs"] == 3
+    assert grpo["lr"] == pytest.approx(2e-5) and grpo["epochs"] == 1
+    assert at("grpo", max_steps=20)["epochs"] == pytest.approx(20 / 26, abs=1e-3)  # max_steps decides
+    reasons = auto.train_rules(cfg("grpo"), objective="grpo", **small)
+    assert "grpo" in reasons["lr"]["reason"] and "group_size" in reasons["epochs"]["reason"]
+
+
+def test_resolve_train_reads_the_objective():
+    from tunelab.config import ExperimentConfig
+
+    config = ExperimentConfig.model_validate({"name": "x", "train": {"objective": "dpo"}})
+    resolved, _ = auto.resolve_train(config, n_examples=101, loss_tokens=3_000, n_params=135_000_000,
+                                     has_validation=False)
+    assert resolved.train.lr == pytest.approx(2e-4) and resolved.train.epochs == 3
