@@ -12,8 +12,8 @@ Tokens per pair are counted the same way for both: prompt + chosen plus prompt +
 the machine (CPU flags, threads), tokens/s (wall and per CPU-second) of each, their ratio, and the final
 DPO loss, reward margin and reward accuracy of each (the mean of the last quarter of logged steps).
 
-Sections: `dpo` here; a GRPO section (bench/grpo_throughput.py) plugs in by adding an entry to SECTIONS
-that returns its lines (see section_dpo for the shape), so one command prints both.
+Sections: `dpo` here, `grpo` through bench/grpo_throughput.py (TRL's GRPOTrainer; prompts/s including
+generation), so one command prints both (`--sections dpo` or `--sections grpo` for one).
 
     nice .venv/bin/python bench/preference_throughput.py --max-steps 24
     nice .venv/bin/python bench/preference_throughput.py --max-steps 24 --batch-size 2 --pairs 24   # small
@@ -181,8 +181,21 @@ def section_dpo(args, base: dict) -> list[str]:
     return lines
 
 
-# name -> function(args, base spec) returning its printed lines; the GRPO section is added here
-SECTIONS: dict[str, Callable] = {"dpo": section_dpo}
+def section_grpo(args, base: dict) -> list[str]:
+    """TRL's GRPOTrainer vs tunelab's grpo: bench/grpo_throughput.py (its own options: run it directly to
+    set prompts, group, lengths), here at this run's steps and threads; its lines without its machine line."""
+    import subprocess
+
+    command = [sys.executable, str(Path(__file__).with_name("grpo_throughput.py")), "--steps", str(args.max_steps),
+               "--threads", str(base["threads"])]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return [f"GRPO: FAILED ({' '.join(command[1:])}): {done.stderr.strip()[-2000:]}"]
+    return ["GRPO:", *[line for line in done.stdout.splitlines() if not line.startswith("machine:")]]
+
+
+# name -> function(args, base spec) returning its printed lines
+SECTIONS: dict[str, Callable] = {"dpo": section_dpo, "grpo": section_grpo}
 
 
 def machine_line(threads: int) -> str:
