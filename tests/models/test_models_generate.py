@@ -110,7 +110,9 @@ def test_end_of_sequence_finishes_only_its_row(model, gen):
     assert outs[0].finish_reason == "stop"
     assert len(outs[0].token_ids) <= 2
     assert outs[0].n_new_tokens == len(outs[0].token_ids) + 1  # the end token was generated too
+    assert outs[0].stop_token_id == first[2]  # which end token: grpo trains on it
     assert any(o.finish_reason == "length" and len(o.token_ids) == 10 for o in outs)
+    assert all(o.stop_token_id is None for o in outs if o.finish_reason == "length")
 
 
 def test_max_new_tokens_and_length_reason(gen):

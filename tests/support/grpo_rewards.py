@@ -18,3 +18,10 @@ def broken(completion: str, **_kwargs) -> float:
 
 def not_a_number(completion: str, **_kwargs):
     return "high"
+
+
+def numpy_score(completion: str, **_kwargs):
+    """A numpy scalar, as scoring code built on numpy returns: a number like any other."""
+    import numpy
+
+    return numpy.float32(len(completion) / 10)

@@ -81,6 +81,8 @@ def test_user_function_by_import_path():
     prompt = [{"role": "user", "content": "say a"}]
     assert reward([Sample(prompt, "aaab", "ref", 2)]) == [0.75]
     assert grpo_rewards.CALLS == [{"completion": "aaab", "prompt": prompt, "reference": "ref", "letter": "a"}]
+    (np_reward,) = build_rewards([RewardConfig(function="grpo_rewards:numpy_score")])
+    assert np_reward([Sample(prompt, "abcde", None, 2)]) == [pytest.approx(0.5)]  # numpy scalars are numbers
     (bad,) = build_rewards([RewardConfig(function="grpo_rewards:broken")])
     with pytest.raises(TunelabError, match="reward grpo_rewards:broken raised ValueError: no score for you"):
         bad([Sample(prompt, "x", None, 1)])

@@ -85,6 +85,7 @@ class GenerationOutput:
     finish_reason: str
     latency_s: float  # from the start of its batch's prefill to its last token
     token_ids: list[int] = field(default_factory=list, repr=False)
+    stop_token_id: int | None = None  # the end-of-sequence token that ended it (not in token_ids), if one did
 
 
 class Generator:
@@ -224,7 +225,7 @@ class Generator:
         rngs = None if cfg.greedy else [_row_generator(cfg.seed, i, self.device) for i in indices]
         stops = _StopMatcher(self.tokenizer, cfg.stop)
         tokens: list[list[int]] = [[] for _ in prompts]
-        finished: list[tuple[str, float] | None] = [None] * len(prompts)
+        finished: list[tuple[str, float, int | None] | None] = [None] * len(prompts)
         active = list(range(len(prompts)))
         while True:
             if grammars is not None:
@@ -238,7 +239,7 @@ class Generator:
                 if reason is None:
                     keep.append(j)
                 else:
-                    finished[row] = (reason, now)
+                    finished[row] = (reason, now, tok if reason == "eos" else None)
             if not keep:
                 break
             if len(keep) < len(active):
@@ -283,7 +284,7 @@ class Generator:
                 while tokens and tokens[-1] == self.pad_id:  # rows stopped by a stop string are padded
                     tokens = tokens[:-1]
                 reason = "stop" if stops.hit(tokens) else "length"
-            outs.append(self._output(prompt, tokens, (reason, latency), stops))
+            outs.append(self._output(prompt, tokens, (reason, latency, new[end] if end is not None else None), stops))
         return outs
 
     def _prefill(self, prompts: list[list[int]], cache: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -327,9 +328,9 @@ class Generator:
         return None
 
     def _output(
-        self, prompt: list[int], new: list[int], finished: tuple[str, float], stops: _StopMatcher
+        self, prompt: list[int], new: list[int], finished: tuple[str, float, int | None], stops: _StopMatcher
     ) -> GenerationOutput:
-        reason, latency = finished
+        reason, latency, stop_token = finished
         text = stops.cut(self.tokenizer.decode(new, skip_special_tokens=True))
         return GenerationOutput(
             text=text,
@@ -339,6 +340,7 @@ class Generator:
             finish_reason="stop" if reason in ("eos", "complete") else reason,
             latency_s=latency,
             token_ids=list(new),
+            stop_token_id=stop_token,
         )
 
     def _forward(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:

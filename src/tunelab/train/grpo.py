@@ -159,9 +159,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 class GrpoStep:
     """The loop's step function for the grpo objective (see the module docstring)."""
 
-    def __init__(self, setup: LoopSetup, tokenizer, adapter: bool, threads: int | None = None,
+    def __init__(self, setup: LoopSetup, tokenizer, threads: int | None = None,
                  rewards: list[BoundReward] | None = None) -> None:
-        from ..data.render import end_of_turn_token
         from ..models.generate import Generator
 
         if setup.dist is not None:
@@ -169,10 +168,6 @@ class GrpoStep:
         self.cfg = setup.cfg.grpo
         self.rewards = rewards if rewards is not None else build_rewards(setup.cfg.rewards)
         self.generator = Generator(setup.model, tokenizer, threads=threads)
-        end = end_of_turn_token(tokenizer)
-        end_id = tokenizer.convert_tokens_to_ids(end) if end is not None else None
-        self.end_id = end_id if isinstance(end_id, int) else min(self.generator.stop_token_ids)
-        self.adapter = adapter
         # The reference is the policy as the stage starts (built before a checkpoint is restored, so a
         # resumed run keeps the same one): its trainable weights are kept aside and swapped in for the
         # reference pass. For an adapter that is a copy of the adapter only (an SFT stage's result when
@@ -192,7 +187,8 @@ class GrpoStep:
         outs = self.generator.generate([p.messages for p in prompts for _ in range(g)], gen)  # type: ignore[misc]
         completions, samples = [], []
         for k, out in enumerate(outs):
-            ids = list(out.token_ids) + ([self.end_id] if out.n_new_tokens > len(out.token_ids) else [])
+            # the stop token the model sampled is part of its answer: stopping is learned too
+            ids = list(out.token_ids) + ([out.stop_token_id] if out.stop_token_id is not None else [])
             p = prompts[k // g]
             completions.append(ids)
             samples.append(Sample(p.messages, out.text, p.reference, len(ids)))  # type: ignore[arg-type]
@@ -225,16 +221,21 @@ class GrpoStep:
         batches, token_adv = [], []
         for j, p in enumerate(prompts):
             rows, targets, adv = [], [], []
+            # the prompt exactly as the generator fed it, so every log-probability is of what was sampled
+            prompt_ids = self.generator.encode(p.messages)  # type: ignore[arg-type]
             for k in range(j * g, (j + 1) * g):
-                ids = list(p.input_ids) + completions[k]
+                ids = prompt_ids + completions[k]
                 rows.append(ids)
                 # targets[t] is the token at t + 1: the completion's tokens are predicted from t = len(prompt) - 1
-                targets.append([IGNORE_INDEX] * (len(p.input_ids) - 1) + completions[k] + [IGNORE_INDEX])
+                targets.append([IGNORE_INDEX] * (len(prompt_ids) - 1) + completions[k] + [IGNORE_INDEX])
                 adv += [float(advantages[k])] * len(completions[k])
             batch = _batch(rows, targets, self.generator.pad_id, setup.device)
             batches.append(batch)
             token_adv.append(torch.tensor(adv, device=setup.device))
         n_tokens = sum(b.n_loss_tokens for b in batches)
+        # the reference and the sampling policy are scored as they are, without dropout (the policy's
+        # own pass below trains with it)
+        setup.model.eval()
         refs = [self._reference(setup, b) for b in batches]
         olds: list[torch.Tensor | None] = [None] * len(batches)
         if self.cfg.iterations > 1:  # the sampling policy's log-probabilities, fixed for every iteration
@@ -275,8 +276,8 @@ class GrpoStep:
         return out
 
 
-def attach(setup: LoopSetup, tokenizer, adapter: bool, threads: int | None = None) -> None:
+def attach(setup: LoopSetup, tokenizer, threads: int | None = None) -> None:
     """Make the loop train the grpo objective: its step, and no validation loss (grpo examples have no
     tokens to score until sampled)."""
-    setup.step = GrpoStep(setup, tokenizer, adapter, threads)
+    setup.step = GrpoStep(setup, tokenizer, threads)
     setup.val = []

@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,7 +92,8 @@ class BoundReward:
 
 
 def _number(label: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+    # numbers.Real: numpy and torch scalars are numbers too; a bool is not a score
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise TunelabError(f"reward {label} returned {value!r} ({type(value).__name__}); a reward must return "
                            "a finite number")
     return float(value)

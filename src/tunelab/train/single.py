@@ -369,7 +369,7 @@ def train_one(config: ExperimentConfig, *, resume: bool = False, dry_run: bool =
         if grpo:
             from .grpo import attach
 
-            attach(setup, session.tokenizer, get_method(config.method.name).adapter, session.threads)
+            attach(setup, session.tokenizer, session.threads)
         if setup.preference is not None:
             setup.preference.head = head
         if dry_run:
