@@ -77,6 +77,11 @@ def train_key(config: ExperimentConfig, dataset_hash: str) -> str:
         precision = precision_for(config.train.precision, torch.device(resolve_device(config.model.device)))[0]
     key = {"config": config.fingerprint(*sections), "dataset": dataset_hash,
            "inputs": paths_digest(_input_paths(config)), **identity, "precision": precision}
+    from .train.rewards import reward_code_digest
+
+    reward_code = reward_code_digest([*config.train.rewards, *(r for s in config.stages for r in s.train.rewards)])
+    if reward_code is not None:  # the user's reward functions decide what grpo learns
+        key["reward_code"] = reward_code
     if auto_fields(config):
         # the values chosen for auto fields follow from the inputs above and the rules' code: a run trained
         # under other rules (another tunelab) is not this one

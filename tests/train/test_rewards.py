@@ -101,3 +101,22 @@ def test_judge_reward_through_a_backend():
     finally:
         server.stop()
     assert values == [1.0, 0.0, 0.5]
+
+
+def test_the_code_of_a_user_reward_is_in_the_training_key(tmp_path, monkeypatch):
+    """Editing a reward function makes `tunelab run` train again instead of reusing a model trained on the
+    old reward (and a checkpoint is not resumed across the edit)."""
+    from tunelab.config import ExperimentConfig
+    from tunelab.pipeline import train_key
+    from tunelab.train.rewards import reward_code_digest
+
+    module = tmp_path / "house_rewards.py"
+    module.write_text("def polite(completion, **_):\n    return float('please' in completion)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = ExperimentConfig.model_validate({"name": "x", "train": {
+        "objective": "grpo", "rewards": [{"name": "label"}, {"function": "house_rewards:polite"}]}})
+    digest, key = reward_code_digest(config.train.rewards), train_key(config, "data")
+    assert digest is not None and reward_code_digest([RewardConfig(name="label")]) is None
+    module.write_text("def polite(completion, **_):\n    return float('thanks' in completion)\n")
+    assert reward_code_digest(config.train.rewards) != digest
+    assert train_key(config, "data") != key

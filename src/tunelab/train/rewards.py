@@ -284,6 +284,26 @@ def import_function(path: str) -> Callable[..., Any]:
     return fn
 
 
+def reward_code_digest(rewards: Sequence[Any]) -> str | None:
+    """The digest of the source files of the user functions among `rewards` (None when there are none),
+    found without importing them: a run trained on a reward is not the same run once its code changes."""
+    import importlib.util
+
+    from ..digest import paths_digest
+
+    paths = []
+    for reward in rewards:
+        if getattr(reward, "function", None):
+            module_name = reward.function.partition(":")[0]
+            try:
+                spec = importlib.util.find_spec(module_name)
+            except (ImportError, ValueError):
+                spec = None
+            # a module that cannot be found is keyed by its name; training then says it cannot import it
+            paths.append(spec.origin if spec is not None and spec.origin else f"<missing {module_name}>")
+    return paths_digest(paths) if paths else None
+
+
 def _user(path: str, options: dict[str, Any]) -> Scorer:
     fn = import_function(path)
     return _per_sample(lambda s: fn(s.completion, prompt=s.prompt, reference=s.reference, **options))

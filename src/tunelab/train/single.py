@@ -69,8 +69,12 @@ class TrainResult:
 
 
 def _identity(config: ExperimentConfig, dataset_hash: str, dist: Dist | None = None) -> dict[str, Any]:
+    from .rewards import reward_code_digest
+
     resolved = config.resolved()
-    return {
+    reward_code = reward_code_digest(config.train.rewards)
+    # a checkpoint trained on other reward code is not resumed as if it were this run
+    return ({"reward_code": reward_code} if reward_code is not None else {}) | {
         "sections": {s: resolved[s] for s in FINGERPRINT_SECTIONS},
         "fingerprint": config.fingerprint(*FINGERPRINT_SECTIONS),
         "dataset_hash": dataset_hash,
