@@ -42,3 +42,21 @@ def test_preferences_follow_the_majority_and_skip_ties():
     votes = [_rating("b"), _rating("a", a="long answer", b="short", reviewer="bo"), _rating("a", reviewer="cy")]
     assert preference_rows(votes) == [{"prompt": "Q?", "chosen": "long answer", "rejected": "short"}]
     assert preference_rows([_rating("a", a="   ")]) == []  # an empty reply is no preference record
+
+
+def test_one_pair_is_rated_once_per_reviewer_even_from_two_tabs(tmp_path):
+    """Two pending tokens for one pair (two tabs), or a token used twice: the second rating is refused, so
+    no verdict counts twice in the agreement figures or the preference majority."""
+    from tunelab.review.store import AlreadyRated, PendingPair
+
+    store = RatingStore(default_db_url(tmp_path))
+    for token in ("tab1", "tab2"):
+        store.put_pair(PendingPair(token, "exp", "0", "v1", "v2", "ana"))
+    store.add(_rating("a"), token="tab1")
+    with pytest.raises(AlreadyRated, match="already rated"):
+        store.add(_rating("a"), token="tab1")  # the same token again
+    with pytest.raises(AlreadyRated, match="ana already rated this pair"):
+        # the other tab showed the pair the other way round
+        store.add(Rating("exp", "0", "Q?", "R", "v2", "v1", "long answer", "short", "b", "ana"), token="tab2")
+    store.add(_rating("tie", reviewer="bo"))  # another reviewer may rate it
+    assert [(r.reviewer, r.choice) for r in store.ratings("exp")] == [("ana", "a"), ("bo", "tie")]

@@ -33,6 +33,10 @@ def default_db_url(workdir: str | Path) -> str:
     return f"sqlite:///{Path(workdir).resolve() / DB_FILE}"
 
 
+class AlreadyRated(TunelabError):
+    """A rating for a pair this reviewer already rated (the page answers 409)."""
+
+
 class _Base(DeclarativeBase):
     pass
 
@@ -143,7 +147,17 @@ class RatingStore:
         rating.created_at = rating.created_at or datetime.now(UTC).isoformat(timespec="seconds")
         with Session(self.engine) as session, session.begin():
             if token is not None:
-                session.execute(delete(_PendingRow).where(_PendingRow.token == token))
+                # two tabs (or two quick submits) holding one pair: only the first retires it
+                if session.execute(delete(_PendingRow).where(_PendingRow.token == token)).rowcount != 1:
+                    raise AlreadyRated("this pair was already rated: rate the next one")
+            pair = {rating.variant_a, rating.variant_b}
+            earlier = session.scalars(select(_RatingRow).where(
+                _RatingRow.experiment == rating.experiment, _RatingRow.question_id == rating.question_id,
+                _RatingRow.reviewer == rating.reviewer)).all()
+            if any({r.variant_a, r.variant_b} == pair for r in earlier):
+                # one reviewer's second verdict on a pair would count twice in agreement and preferences
+                raise AlreadyRated(f"{rating.reviewer} already rated this pair of answers to question "
+                                   f"{rating.question_id}")
             session.add(_RatingRow(**rating.to_dict()))
         return rating
 
@@ -155,9 +169,6 @@ class RatingStore:
             query = query.where(_RatingRow.reviewer == reviewer)
         with Session(self.engine) as session:
             return [_fields(r) for r in session.scalars(query)]
-
-    def count(self, experiment: str) -> int:
-        return len(self.ratings(experiment))
 
     def put_pair(self, pair: PendingPair) -> None:
         with Session(self.engine) as session, session.begin():

@@ -35,7 +35,7 @@ from ..compare.table import table_columns
 from ..errors import TunelabError
 from ..review.export import preference_rows, rating_rows
 from ..review.pairs import candidate_pairs, pick_pair
-from ..review.store import CHOICES, PendingPair, Rating, RatingStore, check_reviewer
+from ..review.store import CHOICES, AlreadyRated, PendingPair, Rating, RatingStore, check_reviewer
 from .agreement import agreement_panel, has_judge_scores
 from .workdir import Experiment, NotFound, Workdir, inside
 
@@ -206,7 +206,10 @@ def create_app(workdir: str | Path, db_url: str, *, hosts: list[str] | None = No
         pending = store.pair(data.get("token", ""))
         if pending is None or pending.experiment != name or pending.reviewer != reviewer:
             raise HTTPException(409, "this pair was already rated or is not yours: rate the next one")
-        question = exp.question(pending.question_id)
+        try:
+            question = exp.question(pending.question_id)
+        except NotFound:  # the comparison was re-run without this question since the pair was shown
+            raise HTTPException(409, "this question is no longer in the comparison: rate the next one") from None
         answer = {v: str((exp.answers.get(v, {}).get(pending.question_id) or {}).get("prediction") or "")
                   for v in (pending.variant_a, pending.variant_b)}
         try:
@@ -214,6 +217,8 @@ def create_app(workdir: str | Path, db_url: str, *, hosts: list[str] | None = No
                              pending.variant_a, pending.variant_b, answer[pending.variant_a],
                              answer[pending.variant_b], choice, reviewer, data.get("note", "").strip()),
                       token=pending.token)
+        except AlreadyRated as exc:
+            raise HTTPException(409, str(exc)) from None
         except TunelabError as exc:
             raise HTTPException(400, str(exc)) from None
         return RedirectResponse(f"/exp/{quote(name)}/review", status_code=303)
