@@ -111,3 +111,17 @@ def test_benchmark_paths_resolve_relative_to_the_config_file_and_name_known_benc
     bad = load_config(write(sub, "name: demo\neval: {benchmark_paths: {mmlu: m.jsonl}}\n"))
     with pytest.raises(TunelabError, match=r"eval\.benchmark_paths: unknown benchmark mmlu; choose from truthfulqa_mc1"):
         check_benchmark_paths(bad)  # the main job's first step, before any data or model is touched
+
+
+def test_the_top_level_seed_seeds_the_data_and_the_training():
+    """`seed: 7` reruns the experiment with another seed: the split and data order (data.seed) and the
+    adapter's initialisation and example order (train.seed), stages included; an explicit one wins."""
+    from tunelab.config import ExperimentConfig
+
+    config = ExperimentConfig.model_validate({"name": "x", "seed": 7, "data": {"train": ["t.jsonl"]},
+                                              "stages": [{"train": {"objective": "sft"}}]})
+    assert (config.data.seed, config.train.seed, config.stages[0].train.seed) == (7, 7, 7)
+    explicit = ExperimentConfig.model_validate({"name": "x", "seed": 7, "train": {"seed": 3}})
+    assert (explicit.data.seed, explicit.train.seed) == (7, 3)
+    default = ExperimentConfig.model_validate({"name": "x"})
+    assert (default.seed, default.data.seed, default.train.seed) == (42, 42, 42)

@@ -49,7 +49,7 @@ RUN_DIR_KIND = "run"  # the marker kind of <workdir>/<name> (tunelab.io): train,
 class ExperimentConfig(Section):
     name: str = Field(..., min_length=1, description="Experiment name; used for the run directory and tracking.")
     workdir: Path = Field(Path("runs"), description="Where outputs go: <workdir>/<name>/...")
-    seed: int = 42
+    seed: int = Field(42, description="The default of data.seed and train.seed (an explicit one wins).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
@@ -79,7 +79,17 @@ class ExperimentConfig(Section):
     @classmethod
     def _stages_inherit(cls, data: Any) -> Any:
         """Each stage's data/method/train = the top-level section with the stage's keys merged over it,
-        so a stage can override just `train.objective`. A stage with a mixture does not inherit data.train."""
+        so a stage can override just `train.objective`. A stage with a mixture does not inherit data.train.
+        The top-level `seed` is the default of data.seed and train.seed (the splits, the data order, the
+        adapter's initialisation), so `seed: 7` reruns the whole experiment with another seed."""
+        if isinstance(data, dict) and "seed" in data:
+            data = dict(data)
+            for section in ("data", "train"):
+                own = data.get(section)
+                if own is None:
+                    data[section] = {"seed": data["seed"]}
+                elif isinstance(own, dict) and "seed" not in own:
+                    data[section] = {**own, "seed": data["seed"]}
         if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
             return data
         stages = []
